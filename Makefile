@@ -1,0 +1,71 @@
+# chatloop — see README.md. `make` builds build/chatloop; `make test`,
+# `make asan`, `make run`, `make bench`, `make fuzz`.
+CC       ?= cc
+BUILD    ?= build
+SAN      ?=
+OPTFLAGS ?= -O2 -g
+PKGS     := libuv libcurl libpq jansson
+
+ifeq ($(SAN),1)
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPTFLAGS := -O1 -g
+endif
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Werror
+CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPTFLAGS) $(SANFLAGS) $(WARN) -MMD -MP \
+           -Iinclude -I/usr/share/include/llhttp $(PKG_CFLAGS)
+LDLIBS  += $(PKG_LIBS) -lwslay -lmbedtls -lmbedx509 -lmbedcrypto -lm
+LDFLAGS += $(SANFLAGS)
+
+include third_party/llhttp.mk
+
+LIB_SRCS  := $(sort $(wildcard src/base/*.c src/net/*.c src/http/*.c))
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(LLHTTP_OBJS)
+MAIN_OBJ  := $(BUILD)/src/main.o
+UNIT_SRCS := $(sort $(wildcard test/unit/test_*.c))
+UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(BUILD)/test/%)
+
+.PHONY: all test asan run bench fuzz clean deps unit
+all: $(BUILD)/chatloop $(UNIT_BINS)
+
+$(BUILD) $(BUILD)/third_party $(BUILD)/test:
+	@mkdir -p $@
+
+$(BUILD)/%.o: %.c | $(BUILD)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/chatloop: $(MAIN_OBJ) $(LIB_OBJS)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/test/%: $(BUILD)/test/unit/%.o $(LIB_OBJS) | $(BUILD)/test
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+deps:
+	@bash scripts/deps.sh
+
+unit: $(UNIT_BINS)
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) bash test/run.sh
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 all
+	@BUILD=build-asan bash test/run.sh
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	./$(BUILD)/chatloop --config conf/chatloop.conf
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@bash scripts/bench.sh
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,108 @@
+/**
+ * http.h — HTTP/1.1 requests and responses on a cl_conn.
+ *
+ * One request is in progress per connection at a time: the parser pauses at
+ * the end of each message, the request is dispatched, and parsing of the
+ * next pipelined request resumes only after the response has been fully
+ * queued. Pipelined answers are therefore in order by construction, and a
+ * handler may answer later (after a database or upstream callback) simply by
+ * keeping the cl_req and responding when ready.
+ *
+ * Ownership: the HTTP layer owns each cl_req; it is freed after the response
+ * ends (cl_res_send / cl_res_end) or when the connection closes. A handler
+ * that answers asynchronously must register `on_abort`, which fires if the
+ * connection goes away first; after it returns the req is gone.
+ */
+#ifndef CHATLOOP_HTTP_H
+#define CHATLOOP_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "chatloop/buf.h"
+#include "chatloop/conn.h"
+
+#define CL_MAX_PATH_PARAMS 4
+#define CL_REQUEST_ID_LEN 32
+
+typedef struct cl_req cl_req;
+
+typedef struct cl_header_ref {
+    uint32_t name_off, name_len, value_off, value_len; /* offsets into req->head */
+} cl_header_ref;
+
+typedef struct cl_path_param {
+    const char *name;               /* points into the route table */
+    const char *value;              /* points into req->head (not NUL-terminated) */
+    size_t len;
+} cl_path_param;
+
+struct cl_req {
+    cl_conn *conn;
+    llhttp_method_t method;
+    uint8_t http_major, http_minor;
+    uint8_t keep_alive;
+    uint8_t expect_continue;
+    uint8_t head_done;              /* headers complete */
+    uint8_t complete;               /* whole message (body included) parsed */
+    uint8_t dispatched;
+    uint8_t started;                /* response head queued */
+    uint8_t chunked_response;
+    uint8_t head_only;              /* HEAD: no body bytes written */
+    uint8_t ended;
+    uint8_t last_was_value;
+    uint8_t body_chunked;           /* the request body came chunked */
+
+    cl_buf head;                    /* url and header bytes, capped by max_header_bytes */
+    uint32_t url_len;               /* url is head.data[0..url_len) */
+    uint32_t path_len;              /* the path part of the url, before '?' */
+    cl_header_ref *headers;
+    uint32_t nheaders, headers_cap;
+    cl_buf body;                    /* capped by max_body_bytes */
+
+    cl_path_param params[CL_MAX_PATH_PARAMS];
+    int nparams;
+
+    uint64_t start_ns;              /* first byte of the request */
+    int status;                     /* of the response */
+    uint64_t resp_bytes;
+    char request_id[CL_REQUEST_ID_LEN + 1];
+
+    /** Fires when the connection closes before the response ends. */
+    void (*on_abort)(cl_req *req);
+    void *handler_data;
+};
+
+/** Takes over a freshly accepted connection (called by cl_conn_accept). */
+void cl_http1_attach(cl_conn *c);
+
+/** The request path (without query), not NUL-terminated. */
+static inline const char *cl_req_path(const cl_req *r) { return r->head.data; }
+/** Header value by case-insensitive name, or NULL; *len gets its length. */
+const char *cl_req_header(const cl_req *r, const char *name, size_t *len);
+/** The raw query string after '?', or NULL. */
+const char *cl_req_query(const cl_req *r, size_t *len);
+/** Path parameter by name, copied NUL-terminated into out; -1 if absent or too long. */
+int cl_req_param(const cl_req *r, const char *name, char *out, size_t outlen);
+const char *cl_req_method_name(const cl_req *r);
+double cl_req_elapsed_ms(const cl_req *r);
+
+/**
+ * Queues a whole response: status line, Date, Server, Content-Length,
+ * Connection, X-Request-Id, then `extra_headers` (each "Name: value\r\n",
+ * or NULL), then the body. Ends the request.
+ */
+void cl_res_send(cl_req *r, int status, const char *content_type,
+                 const char *extra_headers, const void *body, size_t len);
+
+/** Streaming: queue the head (chunked for HTTP/1.1; close-delimited for
+ *  HTTP/1.0), then any number of writes, then end. Return 0 or -1 when the
+ *  connection is gone (stop producing; on_abort has fired or will). */
+int cl_res_start(cl_req *r, int status, const char *content_type, const char *extra_headers);
+int cl_res_write(cl_req *r, const void *data, size_t len);
+void cl_res_end(cl_req *r);
+
+/** Standard reason phrase. */
+const char *cl_http_reason(int status);
+
+#endif

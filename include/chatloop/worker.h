@@ -1,0 +1,55 @@
+/**
+ * worker.h — one worker process: one libuv loop, one listening socket
+ * (SO_REUSEPORT, so the kernel spreads connections over workers), every
+ * connection it accepted, and the once-per-iteration flush of their output.
+ */
+#ifndef CHATLOOP_WORKER_H
+#define CHATLOOP_WORKER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "chatloop/config.h"
+#include "chatloop/metrics.h"
+
+typedef struct cl_conn cl_conn;
+typedef struct cl_router cl_router;
+
+#define CL_READ_BUF_SIZE (64 * 1024)
+
+typedef struct cl_worker {
+    uv_loop_t *loop;
+    const cl_config *cfg;
+    int id;
+    uv_tcp_t listener;
+    uv_check_t flush_check;     /* flushes connection output and logs each iteration */
+    uv_signal_t sig_term, sig_int;
+    uv_timer_t drain_timer;
+    int draining;
+    int listening;
+    cl_conn *conns;             /* every open connection, for draining */
+    cl_conn *dirty;             /* connections with output to flush */
+    uint64_t nconns;
+    cl_router *router;
+    cl_metrics_slot *metrics;   /* this worker's slot in shared memory */
+    char read_buf[CL_READ_BUF_SIZE]; /* shared by every connection: reads are consumed synchronously */
+    int read_buf_busy;
+    uint64_t started_ns;
+    uint64_t request_seq;
+    uint32_t request_id_prefix;
+} cl_worker;
+
+/**
+ * Runs a worker until it has drained after SIGTERM/SIGINT. Binds its own
+ * listening socket with SO_REUSEPORT. Returns the process exit code: 0 after
+ * a clean drain, 2 when the listener cannot be set up (the supervisor treats
+ * that as fatal, not as a crash to restart).
+ */
+int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics);
+
+/** Opens a listening socket on cfg's address with SO_REUSEPORT set.
+ *  Returns the fd, or -1 with err set. Used by workers and by the
+ *  supervisor's startup check. `do_listen` 0 only binds. */
+int cl_listen_socket(const cl_config *cfg, int do_listen, char *err, size_t errlen);
+
+#endif

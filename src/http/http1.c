@@ -1,0 +1,764 @@
+/*
+ * http1.c — HTTP/1.1 on a cl_conn with llhttp.
+ *
+ * The proceed loop: feed bytes to llhttp; on_message_complete pauses the
+ * parser, so llhttp_execute returns after exactly one request; we dispatch
+ * it, and continue with the bytes after it only once its response has been
+ * queued. If the handler answers later, the unparsed rest is kept in
+ * conn->in and reading stops until the response ends (pipelining stays in
+ * order and a client cannot make us buffer without bound).
+ *
+ * Request state lives in a cl_req allocated at the first byte of a request
+ * and freed when its response ends: an idle keep-alive connection holds none.
+ */
+#include "chatloop/http.h"
+#include "chatloop/api.h"
+#include "chatloop/jsonw.h"
+#include "chatloop/log.h"
+#include "chatloop/router.h"
+#include "chatloop/version.h"
+#include "chatloop/worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+/* Above this much queued output, stop parsing pipelined requests until the
+ * client reads: answers to a flood of pipelined requests are not buffered
+ * without bound. */
+#define PIPELINE_HIGH_WATER (256 * 1024)
+
+/* Set by a callback that refuses the request; read by the proceed loop. */
+typedef struct refusal {
+    int status;
+    cl_err_code code;
+    const char *message;
+} refusal;
+
+static llhttp_settings_t g_settings;
+static int g_settings_ready;
+
+static void proceed(cl_conn *c, const char *data, size_t len);
+static void end_request(cl_req *r);
+
+static inline cl_req *conn_req(cl_conn *c) { return c->proto_data; }
+
+/* ---- request object ---------------------------------------------------- */
+
+static cl_req *req_new(cl_conn *c)
+{
+    cl_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->conn = c;
+    r->start_ns = uv_hrtime();
+    cl_buf_init(&r->head, c->w->cfg->max_header_bytes);
+    cl_buf_init(&r->body, c->w->cfg->max_body_bytes);
+    r->keep_alive = 1;
+    return r;
+}
+
+static void req_free(cl_req *r)
+{
+    if (!r)
+        return;
+    cl_buf_release(&r->head);
+    cl_buf_release(&r->body);
+    free(r->headers);
+    free(r);
+}
+
+/* The refusal is kept in the req's handler_data slot before dispatch: no
+ * handler has run yet, so the slot is free, and it costs no extra field. */
+static int refuse(cl_req *r, int status, cl_err_code code, const char *message)
+{
+    static refusal table[8];
+    static int next;
+    refusal *f = &table[next++ & 7];
+    f->status = status;
+    f->code = code;
+    f->message = message;
+    r->handler_data = f;
+    return -1; /* llhttp: HPE_USER, execution stops */
+}
+
+/* ---- llhttp callbacks ---------------------------------------------------- */
+
+static int on_message_begin(llhttp_t *p)
+{
+    cl_conn *c = p->data;
+    cl_req *r = req_new(c);
+    if (!r)
+        return -1;
+    c->proto_data = r;
+    cl_conn_set_timeout(c, c->w->cfg->header_timeout_ms);
+    return 0;
+}
+
+/* The head's size as it was on the wire, near enough: stored bytes plus the
+ * separators llhttp stripped (": " and CRLF per header, the request line's). */
+static int head_too_big(cl_req *r, size_t more)
+{
+    uint64_t approx = r->head.len + more + 4ull * r->nheaders + 16;
+    return approx > r->conn->w->cfg->max_header_bytes;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    cl_conn *c = p->data;
+    cl_req *r = conn_req(c);
+    if (r->url_len + len > c->w->cfg->max_request_line)
+        return refuse(r, 414, CL_ERR_URI_TOO_LONG, "request target is longer than max_request_line");
+    if (head_too_big(r, len) || cl_buf_append(&r->head, at, len) != 0)
+        return refuse(r, 431, CL_ERR_HEADERS_TOO_LARGE, "request head is larger than max_header_bytes");
+    r->url_len += (uint32_t)len;
+    return 0;
+}
+
+static int on_url_complete(llhttp_t *p)
+{
+    cl_req *r = conn_req(p->data);
+    const char *q = r->url_len ? memchr(r->head.data, '?', r->url_len) : NULL;
+    r->path_len = q ? (uint32_t)(q - r->head.data) : r->url_len;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    cl_conn *c = p->data;
+    cl_req *r = conn_req(c);
+    if (!r->last_was_value && r->nheaders > 0 &&
+        r->headers[r->nheaders - 1].value_len == 0 &&
+        r->headers[r->nheaders - 1].value_off == 0) {
+        /* continuation of a field name split across reads */
+    } else {
+        if (r->nheaders >= (uint32_t)c->w->cfg->max_headers)
+            return refuse(r, 431, CL_ERR_HEADERS_TOO_LARGE, "request has more headers than max_headers");
+        if (r->nheaders == r->headers_cap) {
+            uint32_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
+            cl_header_ref *h = realloc(r->headers, cap * sizeof *h);
+            if (!h)
+                return -1;
+            r->headers = h;
+            r->headers_cap = cap;
+        }
+        cl_header_ref *h = &r->headers[r->nheaders++];
+        memset(h, 0, sizeof *h);
+        h->name_off = (uint32_t)r->head.len;
+        r->last_was_value = 0;
+    }
+    if (head_too_big(r, len) || cl_buf_append(&r->head, at, len) != 0)
+        return refuse(r, 431, CL_ERR_HEADERS_TOO_LARGE, "request head is larger than max_header_bytes");
+    r->headers[r->nheaders - 1].name_len += (uint32_t)len;
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    cl_req *r = conn_req(p->data);
+    /* From here on the entry's value_off is set, which also marks the name
+     * as finished for on_header_field. */
+    r->headers[r->nheaders - 1].value_off = (uint32_t)r->head.len;
+    r->last_was_value = 1;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    cl_req *r = conn_req(p->data);
+    if (head_too_big(r, len) || cl_buf_append(&r->head, at, len) != 0)
+        return refuse(r, 431, CL_ERR_HEADERS_TOO_LARGE, "request head is larger than max_header_bytes");
+    r->headers[r->nheaders - 1].value_len += (uint32_t)len;
+    return 0;
+}
+
+static int header_is(const cl_req *r, const char *name, const char *value)
+{
+    size_t len;
+    const char *v = cl_req_header(r, name, &len);
+    return v && len == strlen(value) && strncasecmp(v, value, len) == 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    cl_conn *c = p->data;
+    cl_req *r = conn_req(c);
+    const cl_config *cfg = c->w->cfg;
+    r->head_done = 1;
+    r->method = (llhttp_method_t)p->method;
+    r->http_major = p->http_major;
+    r->http_minor = p->http_minor;
+    r->keep_alive = (uint8_t)llhttp_should_keep_alive(p);
+    r->body_chunked = (p->flags & F_CHUNKED) != 0;
+    int has_body = r->body_chunked || p->content_length > 0;
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > cfg->max_body_bytes)
+        return refuse(r, 413, CL_ERR_PAYLOAD_TOO_LARGE, "request body is larger than max_body_bytes");
+    if (cl_req_header(r, "expect", NULL)) {
+        if (!header_is(r, "expect", "100-continue"))
+            return refuse(r, 417, CL_ERR_INVALID_REQUEST, "only \"Expect: 100-continue\" is supported");
+        r->expect_continue = 1;
+        /* Tell the client to send the body now that we know we want it;
+         * an HTTP/1.0 client does not understand 100. */
+        if (has_body && r->http_minor >= 1)
+            cl_conn_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
+    if (has_body)
+        cl_conn_set_timeout(c, cfg->body_timeout_ms);
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    cl_conn *c = p->data;
+    cl_req *r = conn_req(c);
+    if (cl_buf_append(&r->body, at, len) != 0)
+        return refuse(r, 413, CL_ERR_PAYLOAD_TOO_LARGE, "request body is larger than max_body_bytes");
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    cl_conn *c = p->data;
+    cl_req *r = conn_req(c);
+    r->complete = 1;
+    cl_conn_set_timeout(c, 0);
+    return HPE_PAUSED; /* one request at a time: see the proceed loop */
+}
+
+static void settings_init(void)
+{
+    if (g_settings_ready)
+        return;
+    llhttp_settings_init(&g_settings);
+    g_settings.on_message_begin = on_message_begin;
+    g_settings.on_url = on_url;
+    g_settings.on_url_complete = on_url_complete;
+    g_settings.on_header_field = on_header_field;
+    g_settings.on_header_field_complete = on_header_field_complete;
+    g_settings.on_header_value = on_header_value;
+    g_settings.on_headers_complete = on_headers_complete;
+    g_settings.on_body = on_body;
+    g_settings.on_message_complete = on_message_complete;
+    g_settings_ready = 1;
+}
+
+/* ---- request accessors ----------------------------------------------------- */
+
+const char *cl_req_header(const cl_req *r, const char *name, size_t *len)
+{
+    size_t nl = strlen(name);
+    for (uint32_t i = 0; i < r->nheaders; i++) {
+        const cl_header_ref *h = &r->headers[i];
+        if (h->name_len == nl && strncasecmp(r->head.data + h->name_off, name, nl) == 0) {
+            if (len)
+                *len = h->value_len;
+            return r->head.data + h->value_off;
+        }
+    }
+    return NULL;
+}
+
+const char *cl_req_query(const cl_req *r, size_t *len)
+{
+    if (r->path_len >= r->url_len)
+        return NULL;
+    *len = r->url_len - r->path_len - 1;
+    return r->head.data + r->path_len + 1;
+}
+
+int cl_req_param(const cl_req *r, const char *name, char *out, size_t outlen)
+{
+    for (int i = 0; i < r->nparams; i++) {
+        if (strcmp(r->params[i].name, name) == 0) {
+            if (r->params[i].len >= outlen)
+                return -1;
+            memcpy(out, r->params[i].value, r->params[i].len);
+            out[r->params[i].len] = '\0';
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *cl_req_method_name(const cl_req *r)
+{
+    return r->head_done ? llhttp_method_name(r->method) : "-";
+}
+
+double cl_req_elapsed_ms(const cl_req *r)
+{
+    return (double)(uv_hrtime() - r->start_ns) / 1e6;
+}
+
+/* ---- responses ----------------------------------------------------------- */
+
+const char *cl_http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}
+
+/* "Date: ...\r\n", formatted once a second. */
+static const char *date_header(void)
+{
+    static time_t last;
+    static char line[64];
+    time_t now = time(NULL);
+    if (now != last) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(line, sizeof line, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        last = now;
+    }
+    return line;
+}
+
+/* Writes the status line and common headers into b. len < 0: no
+ * Content-Length (streaming). */
+static void build_head(cl_req *r, cl_buf *b, int status, const char *content_type,
+                       const char *extra, long long len, int chunked)
+{
+    cl_conn *c = r->conn;
+    if (c->w->draining)
+        r->keep_alive = 0;
+    r->status = status;
+    cl_buf_append_str(b, "HTTP/1.1 ");
+    cl_buf_append_u64(b, (unsigned)status);
+    cl_buf_append_char(b, ' ');
+    cl_buf_append_str(b, cl_http_reason(status));
+    cl_buf_append_str(b, "\r\nServer: chatloop/" CL_VERSION "\r\n");
+    cl_buf_append_str(b, date_header());
+    if (content_type) {
+        cl_buf_append_str(b, "Content-Type: ");
+        cl_buf_append_str(b, content_type);
+        cl_buf_append_str(b, "\r\n");
+    }
+    if (len >= 0) {
+        cl_buf_append_str(b, "Content-Length: ");
+        cl_buf_append_u64(b, (unsigned long long)len);
+        cl_buf_append_str(b, "\r\n");
+    } else if (chunked) {
+        cl_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
+    }
+    if (!r->keep_alive)
+        cl_buf_append_str(b, "Connection: close\r\n");
+    else if (r->http_minor == 0)
+        cl_buf_append_str(b, "Connection: keep-alive\r\n");
+    if (r->request_id[0]) {
+        cl_buf_append_str(b, "X-Request-Id: ");
+        cl_buf_append_str(b, r->request_id);
+        cl_buf_append_str(b, "\r\n");
+    }
+    cl_buf_append_str(b, "X-Content-Type-Options: nosniff\r\n");
+    if (extra)
+        cl_buf_append_str(b, extra);
+    cl_buf_append_str(b, "\r\n");
+}
+
+void cl_res_send(cl_req *r, int status, const char *content_type, const char *extra,
+                 const void *body, size_t len)
+{
+    if (r->started || r->ended)
+        return;
+    char stack[1024];
+    cl_buf b = {stack, 0, sizeof stack, 0};
+    b.max = (size_t)-1;
+    build_head(r, &b, status, content_type, extra, (long long)len, 0);
+    r->started = 1;
+    /* Small answers go out as one piece: head and body copied together. */
+    if (!r->head_only && len && b.data == stack && b.len + len <= sizeof stack) {
+        memcpy(stack + b.len, body, len);
+        b.len += len;
+        len = 0;
+    }
+    cl_conn_write(r->conn, b.data, b.len);
+    r->resp_bytes = b.len;
+    if (b.data != stack)
+        free(b.data);
+    if (!r->head_only && len) {
+        cl_conn_write(r->conn, body, len);
+        r->resp_bytes += len;
+    }
+    end_request(r);
+}
+
+int cl_res_start(cl_req *r, int status, const char *content_type, const char *extra)
+{
+    if (r->started || r->ended || r->conn->closing)
+        return -1;
+    /* HTTP/1.0 has no chunked encoding: the end of the body is the close. */
+    int chunked = r->http_minor >= 1;
+    if (!chunked)
+        r->keep_alive = 0;
+    r->chunked_response = (uint8_t)chunked;
+    char stack[1024];
+    cl_buf b = {stack, 0, sizeof stack, (size_t)-1};
+    build_head(r, &b, status, content_type, extra, -1, chunked);
+    r->started = 1;
+    int rc = cl_conn_write(r->conn, b.data, b.len);
+    r->resp_bytes = b.len;
+    if (b.data != stack)
+        free(b.data);
+    return rc;
+}
+
+int cl_res_write(cl_req *r, const void *data, size_t len)
+{
+    if (!r->started || r->ended || r->conn->closing)
+        return -1;
+    if (len == 0 || r->head_only)
+        return 0;
+    r->resp_bytes += len;
+    if (!r->chunked_response)
+        return cl_conn_write(r->conn, data, len);
+    char size[24];
+    int n = snprintf(size, sizeof size, "%zx\r\n", len);
+    if (cl_conn_write(r->conn, size, (size_t)n) != 0 || cl_conn_write(r->conn, data, len) != 0)
+        return -1;
+    return cl_conn_write(r->conn, "\r\n", 2);
+}
+
+void cl_res_end(cl_req *r)
+{
+    if (!r->started || r->ended)
+        return;
+    if (r->chunked_response && !r->head_only && !r->conn->closing)
+        cl_conn_write(r->conn, "0\r\n\r\n", 5);
+    end_request(r);
+}
+
+/* ---- access log ------------------------------------------------------------ */
+
+static void access_log(cl_req *r, double ms)
+{
+    cl_conn *c = r->conn;
+    if (!c->w->cfg->access_log || !cl_log_enabled(CL_LOG_INFO))
+        return;
+    cl_buf *b = cl_log_begin(CL_LOG_INFO);
+    const char *method = cl_req_method_name(r);
+    if (cl_log_get_format() == CL_LOG_JSON) {
+        cl_buf_append_str(b, ",\"msg\":\"request\",\"remote\":");
+        cl_jsonw_cstr(b, c->peer);
+        cl_buf_append_str(b, ",\"method\":");
+        cl_jsonw_cstr(b, method);
+        cl_buf_append_str(b, ",\"path\":");
+        cl_jsonw_str(b, r->head.data ? r->head.data : "", r->path_len);
+        cl_buf_printf(b, ",\"status\":%d,\"bytes\":%llu,\"ms\":", r->status,
+                      (unsigned long long)r->resp_bytes);
+        cl_jsonw_ms(b, ms);
+        cl_buf_append_str(b, ",\"request_id\":");
+        cl_jsonw_cstr(b, r->request_id);
+    } else {
+        cl_buf_printf(b, "%s \"%s %.*s HTTP/%d.%d\" %d %llu %.3fms id=%s", c->peer, method,
+                      (int)r->path_len, r->head.data ? r->head.data : "", r->http_major,
+                      r->http_minor, r->status, (unsigned long long)r->resp_bytes, ms,
+                      r->request_id[0] ? r->request_id : "-");
+    }
+    cl_log_end();
+}
+
+/* ---- request lifecycle --------------------------------------------------- */
+
+static void end_request(cl_req *r)
+{
+    cl_conn *c = r->conn;
+    cl_worker *w = c->w;
+    r->ended = 1;
+    double ms = cl_req_elapsed_ms(r);
+    cl_metrics_request(w->metrics, r->status, ms);
+    access_log(r, ms);
+    int keep = r->keep_alive && !w->draining && !c->closing;
+    c->proto_data = NULL;
+    req_free(r);
+    if (c->closing)
+        return;
+    if (!keep) {
+        cl_buf_release(&c->in);
+        cl_conn_close_after_write(c);
+        return;
+    }
+    cl_conn_set_timeout(c, w->cfg->keepalive_timeout_ms);
+    if (c->proto_busy)
+        return; /* the proceed loop on the stack continues with the next request */
+    /* An asynchronous answer ended: parse what arrived meanwhile. */
+    if (c->in.len && cl_conn_pending_bytes(c) < PIPELINE_HIGH_WATER) {
+        cl_buf held = c->in;
+        cl_buf_init(&c->in, 0);
+        proceed(c, held.data, held.len);
+        cl_buf_release(&held);
+    }
+    if (!c->closing && !conn_req(c) && !c->proto_paused)
+        cl_conn_read_start(c);
+}
+
+static int valid_request_id(const char *v, size_t len)
+{
+    if (len == 0 || len > CL_REQUEST_ID_LEN)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = v[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+static void assign_request_id(cl_req *r)
+{
+    size_t len;
+    const char *v = cl_req_header(r, "x-request-id", &len);
+    if (v && valid_request_id(v, len)) {
+        memcpy(r->request_id, v, len);
+        r->request_id[len] = '\0';
+        return;
+    }
+    cl_worker *w = r->conn->w;
+    snprintf(r->request_id, sizeof r->request_id, "%08x%012llx", w->request_id_prefix,
+             (unsigned long long)++w->request_seq);
+}
+
+static void dispatch(cl_req *r)
+{
+    cl_conn *c = r->conn;
+    r->dispatched = 1;
+    assign_request_id(r);
+    if (c->w->draining)
+        r->keep_alive = 0;
+    const char *method = llhttp_method_name(r->method);
+    r->head_only = r->method == HTTP_HEAD;
+    cl_route_match m;
+    cl_route_result res = cl_router_match(c->w->router, method, r->head.data, r->path_len, &m);
+    if (res == CL_ROUTE_FOUND) {
+        r->nparams = m.nparams;
+        memcpy(r->params, m.params, sizeof m.params);
+        m.fn(r);
+        return;
+    }
+    char msg[160];
+    if (res == CL_ROUTE_BAD_METHOD) {
+        char allow[128];
+        snprintf(allow, sizeof allow, "Allow: %s\r\n", m.allow);
+        snprintf(msg, sizeof msg, "method %s is not allowed here; allowed: %s", method, m.allow);
+        cl_buf details;
+        cl_buf_init(&details, 0);
+        cl_buf_append_str(&details, "{\"allow\":");
+        cl_jsonw_cstr(&details, m.allow);
+        cl_buf_append_char(&details, '}');
+        cl_api_error(r, CL_ERR_METHOD_NOT_ALLOWED, msg, cl_buf_cstr(&details), allow);
+        cl_buf_release(&details);
+        return;
+    }
+    cl_buf details;
+    cl_buf_init(&details, 0);
+    cl_buf_append_str(&details, "{\"path\":");
+    cl_jsonw_str(&details, r->head.data ? r->head.data : "", r->path_len);
+    cl_buf_append_char(&details, '}');
+    cl_api_error(r, CL_ERR_NOT_FOUND, "no such endpoint", cl_buf_cstr(&details), NULL);
+    cl_buf_release(&details);
+}
+
+/* Answers a request the parser refused and closes the connection: after a
+ * framing error we cannot know where the next request would start. */
+static void refuse_and_close(cl_conn *c, llhttp_errno_t err)
+{
+    cl_req *r = conn_req(c);
+    if (!r) {
+        r = req_new(c);
+        if (!r) {
+            cl_conn_close(c);
+            return;
+        }
+        c->proto_data = r;
+    }
+    refusal *f = r->handler_data;
+    r->handler_data = NULL;
+    r->keep_alive = 0;
+    r->dispatched = 1;
+    cl_metric_add(&c->w->metrics->http_parse_errors, 1);
+    cl_conn_read_stop(c);
+    assign_request_id(r);
+    if (f) {
+        cl_api_error(r, (cl_err_code)f->code, f->message, NULL, NULL);
+        return;
+    }
+    char msg[200];
+    const char *reason = llhttp_get_error_reason(&c->parser);
+    snprintf(msg, sizeof msg, "malformed HTTP request: %s", reason ? reason : llhttp_errno_name(err));
+    cl_api_error(r, CL_ERR_INVALID_REQUEST, msg, NULL, NULL);
+}
+
+static void proceed(cl_conn *c, const char *data, size_t len)
+{
+    c->proto_busy = 1;
+    while (len > 0 && !c->closing && !c->close_after_write) {
+        cl_req *r = conn_req(c);
+        if ((r && r->dispatched) || cl_conn_pending_bytes(c) >= PIPELINE_HIGH_WATER) {
+            /* Wait for the answer (or for the client to read): keep the rest
+             * and stop reading. Bounded: reading stays off until we resume. */
+            if (cl_buf_append(&c->in, data, len) != 0) {
+                cl_conn_close(c);
+                break;
+            }
+            c->proto_paused = !(r && r->dispatched);
+            cl_conn_read_stop(c);
+            break;
+        }
+        llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+        if (c->closing)
+            break;
+        if (err == HPE_OK)
+            break; /* everything consumed; the request continues in later reads */
+        if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+            size_t used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+            data += used;
+            len -= used;
+            if (err == HPE_PAUSED) {
+                llhttp_resume(&c->parser);
+            } else {
+                /* No protocol switch is served on this path (yet): answer
+                 * the request as plain HTTP and close, since llhttp would
+                 * treat what follows as the new protocol's bytes. */
+                conn_req(c)->keep_alive = 0;
+                len = 0;
+            }
+            dispatch(conn_req(c));
+            continue;
+        }
+        refuse_and_close(c, err);
+        break;
+    }
+    c->proto_busy = 0;
+}
+
+/* ---- connection protocol -------------------------------------------------- */
+
+static void http1_on_data(cl_conn *c, const char *data, size_t len)
+{
+    cl_req *r = conn_req(c);
+    if ((r && r->dispatched) || c->proto_paused) {
+        /* Bytes that raced our read_stop within one read batch. */
+        if (cl_buf_append(&c->in, data, len) != 0)
+            cl_conn_close(c);
+        return;
+    }
+    proceed(c, data, len);
+}
+
+static void http1_on_drained(cl_conn *c)
+{
+    if (!c->proto_paused)
+        return;
+    c->proto_paused = 0;
+    if (c->in.len) {
+        cl_buf held = c->in;
+        cl_buf_init(&c->in, 0);
+        proceed(c, held.data, held.len);
+        cl_buf_release(&held);
+    }
+    if (!c->closing && !c->proto_paused && !(conn_req(c) && conn_req(c)->dispatched))
+        cl_conn_read_start(c);
+}
+
+static void http1_on_eof(cl_conn *c)
+{
+    cl_req *r = conn_req(c);
+    if (r && r->dispatched && !r->ended) {
+        /* The client left while we were still answering: abort the work. */
+        cl_conn_close(c);
+        return;
+    }
+    /* Answers already queued still go out, then we close. */
+    cl_conn_close_after_write(c);
+}
+
+static void http1_on_timeout(cl_conn *c)
+{
+    cl_req *r = conn_req(c);
+    if (!r || r->dispatched) {
+        cl_conn_close(c); /* idle keep-alive (or never sent a byte) */
+        return;
+    }
+    cl_metric_add(&c->w->metrics->header_timeouts, 1);
+    const char *what = r->head_done ? "request body did not arrive within body_timeout"
+                                    : "request head did not arrive within header_timeout";
+    CL_DEBUG("conn %s: %s", c->peer, what);
+    r->keep_alive = 0;
+    r->dispatched = 1;
+    cl_conn_read_stop(c);
+    assign_request_id(r);
+    cl_api_error(r, CL_ERR_REQUEST_TIMEOUT_HEAD, what, NULL, NULL);
+}
+
+static void http1_on_shutdown(cl_conn *c)
+{
+    cl_req *r = conn_req(c);
+    if (r && r->dispatched) {
+        r->keep_alive = 0; /* answer, then close */
+        return;
+    }
+    if (cl_conn_pending_bytes(c))
+        cl_conn_close_after_write(c);
+    else
+        cl_conn_close(c);
+}
+
+static void http1_on_free(cl_conn *c)
+{
+    cl_req *r = conn_req(c);
+    if (!r)
+        return;
+    if (r->dispatched && !r->ended && r->on_abort)
+        r->on_abort(r);
+    c->proto_data = NULL;
+    req_free(r);
+}
+
+static const cl_conn_proto http1_proto = {
+    .name = "http1",
+    .on_data = http1_on_data,
+    .on_eof = http1_on_eof,
+    .on_drained = http1_on_drained,
+    .on_timeout = http1_on_timeout,
+    .on_shutdown = http1_on_shutdown,
+    .on_free = http1_on_free,
+};
+
+void cl_http1_attach(cl_conn *c)
+{
+    settings_init();
+    llhttp_init(&c->parser, HTTP_REQUEST, &g_settings);
+    c->parser.data = c;
+    cl_conn_set_proto(c, &http1_proto, NULL);
+    /* A connection that never sends a request is cut like a slow one. */
+    cl_conn_set_timeout(c, c->w->cfg->header_timeout_ms);
+}

@@ -1,0 +1,14 @@
+/* routes.c — the whole API in one table: each feature registers its routes. */
+#include "chatloop/routes.h"
+
+cl_router *cl_routes_build(const cl_config *cfg)
+{
+    cl_router *r = cl_router_new();
+    if (!r)
+        return NULL;
+    if (cl_builtin_routes(r, cfg) != 0) {
+        cl_router_free(r);
+        return NULL;
+    }
+    return r;
+}

@@ -1,0 +1,353 @@
+/*
+ * main.c — command line, configuration, and the supervisor that forks the
+ * workers, restarts a worker that dies, and drains them all on SIGTERM.
+ *
+ * The supervisor runs no event loop: it waits for signals with sigsuspend,
+ * so nothing it does can stall a worker.
+ */
+#include "chatloop/config.h"
+#include "chatloop/log.h"
+#include "chatloop/metrics.h"
+#include "chatloop/routes.h"
+#include "chatloop/version.h"
+#include "chatloop/worker.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define MAX_WORKERS 256
+/* A worker that dies sooner than this after starting counts as crash-looping:
+ * restarts then back off, up to MAX_BACKOFF_MS. */
+#define STABLE_MS 5000
+#define MAX_BACKOFF_MS 5000
+/* Exit code a worker uses for "cannot start" (bind failure and the like):
+ * restarting would not help, so the supervisor stops. */
+#define EXIT_FATAL 2
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: chatloop [options]\n"
+            "\n"
+            "chatloop " CL_VERSION " — an LLM chat server (HTTP, SSE, WebSocket, OpenAI-compatible API)\n"
+            "\n"
+            "options:\n"
+            "  --config PATH        read configuration from PATH (default: conf/chatloop.conf if present)\n"
+            "  --listen HOST:PORT   address to serve on (default 127.0.0.1:8080)\n"
+            "  --workers N|auto     worker processes (auto = one per core)\n"
+            "  --provider NAME      groq, openai or mock\n"
+            "  --KEY VALUE          any configuration key, e.g. --max-body-bytes 2MiB\n"
+            "  --check-config       print the effective configuration (secrets redacted) and exit\n"
+            "  --version            print the version and exit\n"
+            "  --help               this text\n"
+            "\n"
+            "Precedence: defaults < config file < CHATLOOP_<KEY> environment < flags.\n"
+            "GROQ_API_KEY and DATABASE_URL are read as api_key and database_url.\n");
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- configuration from file, environment and flags ----------------------- */
+
+typedef struct cli {
+    const char *config_path;
+    int config_required;
+    int check_config;
+} cli;
+
+/* Flags are applied after the file and the environment, so this runs twice:
+ * once to find --config and the actions, once to apply the key flags. */
+static int parse_flags(int argc, char **argv, cli *o, cl_config *cfg, int apply, char *err)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            exit(0);
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf("chatloop %s\n", CL_VERSION);
+            exit(0);
+        }
+        if (strcmp(a, "--check-config") == 0) {
+            o->check_config = 1;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
+            snprintf(err, CL_ERRBUF, "unexpected argument \"%s\" (see --help)", a);
+            return -1;
+        }
+        char key[128];
+        const char *value;
+        const char *eq = strchr(a + 2, '=');
+        if (eq) {
+            snprintf(key, sizeof key, "%.*s", (int)(eq - a - 2), a + 2);
+            value = eq + 1;
+        } else {
+            snprintf(key, sizeof key, "%s", a + 2);
+            if (i + 1 >= argc) {
+                snprintf(err, CL_ERRBUF, "--%s needs a value", key);
+                return -1;
+            }
+            value = argv[++i];
+        }
+        if (strcmp(key, "config") == 0) {
+            o->config_path = value;
+            o->config_required = 1;
+            continue;
+        }
+        if (!apply)
+            continue;
+        char source[160];
+        snprintf(source, sizeof source, "--%s", key);
+        if (cl_config_set(cfg, key, value, source, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int load_config(int argc, char **argv, cl_config *cfg, cli *o)
+{
+    char err[CL_ERRBUF];
+    memset(o, 0, sizeof *o);
+    o->config_path = "conf/chatloop.conf";
+    if (cl_config_init(cfg, err) != 0 ||
+        parse_flags(argc, argv, o, cfg, 0, err) != 0 ||
+        cl_config_load_file(cfg, o->config_path, o->config_required, err) != 0 ||
+        cl_config_apply_env(cfg, environ, err) != 0 ||
+        parse_flags(argc, argv, o, cfg, 1, err) != 0 ||
+        cl_config_validate(cfg, err) != 0) {
+        fprintf(stderr, "chatloop: configuration error: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- supervisor ------------------------------------------------------------- */
+
+typedef struct worker_slot {
+    pid_t pid;
+    long long started_ms;
+    long long restart_at_ms;    /* 0 = not waiting to restart */
+    int crashes;                /* consecutive quick deaths */
+} worker_slot;
+
+static volatile sig_atomic_t g_got_term, g_got_chld;
+
+static void on_term(int sig)
+{
+    g_got_term = sig;
+}
+
+static void on_chld(int sig)
+{
+    (void)sig;
+    g_got_chld = 1;
+}
+
+static pid_t spawn_worker(const cl_config *cfg, int id, cl_metrics_slot *slots, sigset_t *oldmask)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    /* child: default signal dispositions, libuv installs its own handlers */
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGCHLD, SIG_DFL);
+    signal(SIGPIPE, SIG_IGN);
+    sigprocmask(SIG_SETMASK, oldmask, NULL);
+    char who[16];
+    snprintf(who, sizeof who, "w%d", id);
+    cl_log_setup(cfg->log_level, cfg->log_format, who);
+    _exit(cl_worker_run(cfg, id, &slots[id]));
+}
+
+static int supervise(const cl_config *cfg)
+{
+    int n = cfg->workers;
+    cl_metrics_slot *slots = cl_metrics_map(n);
+    if (!slots) {
+        CL_ERROR("cannot map shared metrics: %s", strerror(errno));
+        return 1;
+    }
+    worker_slot ws[MAX_WORKERS];
+    memset(ws, 0, sizeof ws);
+
+    sigset_t block, oldmask;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &block, &oldmask);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_chld;
+    sigaction(SIGCHLD, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    for (int i = 0; i < n; i++) {
+        ws[i].pid = spawn_worker(cfg, i, slots, &oldmask);
+        ws[i].started_ms = now_ms();
+    }
+    CL_INFO("chatloop %s serving on http://%s with %d worker%s", CL_VERSION, cfg->listen, n,
+            n == 1 ? "" : "s");
+
+    int exit_code = 0;
+    long long deadline = 0;     /* after SIGTERM: when stragglers get SIGKILL */
+    int alive = n;
+    while (alive > 0) {
+        /* Wait for a signal, or for the next pending restart. */
+        long long wake = 0;
+        for (int i = 0; i < n; i++)
+            if (ws[i].restart_at_ms && (!wake || ws[i].restart_at_ms < wake))
+                wake = ws[i].restart_at_ms;
+        if (deadline && (!wake || deadline < wake))
+            wake = deadline;
+        if (!g_got_term && !g_got_chld) {
+            if (wake) {
+                long long ms = wake - now_ms();
+                if (ms > 0) {
+                    struct itimerval it = {{0, 0}, {ms / 1000, (ms % 1000) * 1000}};
+                    signal(SIGALRM, on_chld); /* any signal wakes sigsuspend */
+                    setitimer(ITIMER_REAL, &it, NULL);
+                    sigsuspend(&oldmask);
+                    struct itimerval off = {{0, 0}, {0, 0}};
+                    setitimer(ITIMER_REAL, &off, NULL);
+                }
+            } else {
+                sigsuspend(&oldmask);
+            }
+        }
+        if (g_got_term && !deadline) {
+            CL_INFO("%s: stopping workers (drain up to %llums)",
+                    g_got_term == SIGINT ? "SIGINT" : "SIGTERM",
+                    (unsigned long long)cfg->drain_timeout_ms);
+            for (int i = 0; i < n; i++) {
+                ws[i].restart_at_ms = 0;
+                if (ws[i].pid > 0)
+                    kill(ws[i].pid, SIGTERM);
+            }
+            deadline = now_ms() + (long long)cfg->drain_timeout_ms + 2000;
+        }
+        g_got_chld = 0;
+        int status;
+        pid_t pid;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            for (int i = 0; i < n; i++) {
+                if (ws[i].pid != pid)
+                    continue;
+                ws[i].pid = 0;
+                alive--;
+                if (deadline)
+                    break; /* shutting down: expected */
+                if (WIFEXITED(status) && WEXITSTATUS(status) == EXIT_FATAL) {
+                    CL_ERROR("worker %d could not start; stopping", i);
+                    exit_code = 1;
+                    g_got_term = SIGTERM;
+                    break;
+                }
+                char how[64];
+                if (WIFSIGNALED(status))
+                    snprintf(how, sizeof how, "killed by signal %d", WTERMSIG(status));
+                else
+                    snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
+                long long lived = now_ms() - ws[i].started_ms;
+                ws[i].crashes = lived < STABLE_MS ? ws[i].crashes + 1 : 0;
+                long long backoff = ws[i].crashes ? 100LL << (ws[i].crashes < 6 ? ws[i].crashes : 6) : 0;
+                if (backoff > MAX_BACKOFF_MS)
+                    backoff = MAX_BACKOFF_MS;
+                CL_WARN("worker %d (pid %d) %s; restarting in %lldms", i, (int)pid, how, backoff);
+                cl_metrics_reset_gauges(&slots[i]);
+                cl_metric_add(&slots[i].worker_restarts, 1);
+                ws[i].restart_at_ms = now_ms() + backoff;
+                if (!ws[i].restart_at_ms)
+                    ws[i].restart_at_ms = 1;
+                break;
+            }
+        }
+        if (deadline && now_ms() >= deadline) {
+            for (int i = 0; i < n; i++)
+                if (ws[i].pid > 0) {
+                    CL_WARN("worker %d did not stop in time; killing it", i);
+                    kill(ws[i].pid, SIGKILL);
+                }
+            deadline = now_ms() + 60000; /* SIGKILL cannot be refused: just reap */
+        }
+        if (deadline)
+            continue;
+        long long now = now_ms();
+        for (int i = 0; i < n; i++) {
+            if (ws[i].restart_at_ms && ws[i].restart_at_ms <= now) {
+                ws[i].restart_at_ms = 0;
+                ws[i].pid = spawn_worker(cfg, i, slots, &oldmask);
+                ws[i].started_ms = now_ms();
+                if (ws[i].pid > 0)
+                    alive++;
+                else
+                    ws[i].restart_at_ms = now + 1000;
+            }
+        }
+    }
+    CL_INFO("chatloop stopped");
+    return exit_code;
+}
+
+int main(int argc, char **argv)
+{
+    cl_config cfg;
+    cli o;
+    if (load_config(argc, argv, &cfg, &o) != 0) {
+        cl_config_free(&cfg);
+        return 1;
+    }
+    if (o.check_config) {
+        char *dump = cl_config_dump(&cfg);
+        if (dump)
+            fputs(dump, stdout);
+        free(dump);
+        printf("# configuration OK\n");
+        cl_config_free(&cfg);
+        return 0;
+    }
+    if (cfg.workers > MAX_WORKERS)
+        cfg.workers = MAX_WORKERS;
+    cl_log_setup(cfg.log_level, cfg.log_format, "main");
+
+    /* Fail now, with a clear message, if the address cannot be bound,
+     * rather than in every worker. */
+    char err[256];
+    int fd = cl_listen_socket(&cfg, 0, err, sizeof err);
+    if (fd < 0) {
+        CL_ERROR("%s", err);
+        cl_config_free(&cfg);
+        return 1;
+    }
+    close(fd);
+
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    cl_builtin_set_start_time((double)tv.tv_sec + tv.tv_usec / 1e6);
+    if (cfg.provider != CL_PROVIDER_MOCK && cfg.api_key[0] == '\0')
+        CL_INFO("no api_key / GROQ_API_KEY set: using the built-in mock provider");
+
+    int rc = supervise(&cfg);
+    cl_config_free(&cfg);
+    return rc;
+}
