@@ -49,4 +49,9 @@ void cl_api_ok(cl_req *r, int status, const char *message, const char *data_json
 void cl_api_error(cl_req *r, cl_err_code code, const char *message, const char *details_json,
                   const char *extra_headers);
 
+/** As cl_api_error with an explicit HTTP status (417, 408, ...) for the
+ *  few answers whose status is not the code's usual one. */
+void cl_api_error_status(cl_req *r, int status, cl_err_code code, const char *message,
+                         const char *details_json, const char *extra_headers);
+
 #endif

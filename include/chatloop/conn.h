@@ -70,6 +70,10 @@ struct cl_conn {
     char peer[48];              /* "ip:port" for logs */
 };
 
+/** Allocates a connection with initialised (unconnected) handles, linked
+ *  into the worker's list. The caller attaches a socket and a protocol.
+ *  Unit tests use it to drive protocols without sockets. */
+cl_conn *cl_conn_new(cl_worker *w);
 /** Called by the worker's listener for each accepted socket. */
 void cl_conn_accept(cl_worker *w, uv_stream_t *server);
 

@@ -63,6 +63,11 @@ struct cl_req {
     cl_path_param params[CL_MAX_PATH_PARAMS];
     int nparams;
 
+    /* Set when the parser refuses the request (limit, bad framing). */
+    int refuse_status;              /* 0 = not refused */
+    int refuse_code;                /* a cl_err_code */
+    const char *refuse_message;     /* static text */
+
     uint64_t start_ns;              /* first byte of the request */
     int status;                     /* of the response */
     uint64_t resp_bytes;

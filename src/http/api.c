@@ -89,6 +89,12 @@ void cl_api_ok(cl_req *r, int status, const char *message, const char *data_json
 void cl_api_error(cl_req *r, cl_err_code code, const char *message, const char *details_json,
                   const char *extra_headers)
 {
+    cl_api_error_status(r, cl_err_status(code), code, message, details_json, extra_headers);
+}
+
+void cl_api_error_status(cl_req *r, int status, cl_err_code code, const char *message,
+                         const char *details_json, const char *extra_headers)
+{
     cl_buf b;
     cl_buf_init(&b, 0);
     if (cl_envelope_error(&b, code, message, details_json, r->request_id,
@@ -97,6 +103,6 @@ void cl_api_error(cl_req *r, cl_err_code code, const char *message, const char *
         cl_res_send(r, 500, "text/plain", NULL, "out of memory\n", 14);
         return;
     }
-    cl_res_send(r, cl_err_status(code), "application/json", extra_headers, b.data, b.len);
+    cl_res_send(r, status, "application/json", extra_headers, b.data, b.len);
     cl_buf_release(&b);
 }

@@ -30,13 +30,6 @@
  * without bound. */
 #define PIPELINE_HIGH_WATER (256 * 1024)
 
-/* Set by a callback that refuses the request; read by the proceed loop. */
-typedef struct refusal {
-    int status;
-    cl_err_code code;
-    const char *message;
-} refusal;
-
 static llhttp_settings_t g_settings;
 static int g_settings_ready;
 
@@ -70,18 +63,14 @@ static void req_free(cl_req *r)
     free(r);
 }
 
-/* The refusal is kept in the req's handler_data slot before dispatch: no
- * handler has run yet, so the slot is free, and it costs no extra field. */
+/* Records why a callback refuses the request; returning -1 makes llhttp
+ * stop with HPE_USER and the proceed loop answers with this status. */
 static int refuse(cl_req *r, int status, cl_err_code code, const char *message)
 {
-    static refusal table[8];
-    static int next;
-    refusal *f = &table[next++ & 7];
-    f->status = status;
-    f->code = code;
-    f->message = message;
-    r->handler_data = f;
-    return -1; /* llhttp: HPE_USER, execution stops */
+    r->refuse_status = status;
+    r->refuse_code = (int)code;
+    r->refuse_message = message;
+    return -1;
 }
 
 /* ---- llhttp callbacks ---------------------------------------------------- */
@@ -600,15 +589,14 @@ static void refuse_and_close(cl_conn *c, llhttp_errno_t err)
         }
         c->proto_data = r;
     }
-    refusal *f = r->handler_data;
-    r->handler_data = NULL;
     r->keep_alive = 0;
     r->dispatched = 1;
     cl_metric_add(&c->w->metrics->http_parse_errors, 1);
     cl_conn_read_stop(c);
     assign_request_id(r);
-    if (f) {
-        cl_api_error(r, (cl_err_code)f->code, f->message, NULL, NULL);
+    if (r->refuse_status) {
+        cl_api_error_status(r, r->refuse_status, (cl_err_code)r->refuse_code, r->refuse_message,
+                            NULL, NULL);
         return;
     }
     char msg[200];

@@ -344,13 +344,11 @@ void cl_conn_flush_dirty(cl_worker *w)
     }
 }
 
-void cl_conn_accept(cl_worker *w, uv_stream_t *server)
+cl_conn *cl_conn_new(cl_worker *w)
 {
     cl_conn *c = calloc(1, sizeof *c);
-    if (!c) {
-        CL_ERROR("accept: out of memory");
-        return;
-    }
+    if (!c)
+        return NULL;
     c->w = w;
     cl_buf_init(&c->out, 0);
     cl_buf_init(&c->in, 0);
@@ -365,6 +363,19 @@ void cl_conn_accept(cl_worker *w, uv_stream_t *server)
     if (w->conns)
         w->conns->prev = c;
     w->conns = c;
+    return c;
+}
+
+void cl_conn_accept(cl_worker *w, uv_stream_t *server)
+{
+    cl_conn *c = cl_conn_new(w);
+    if (!c) {
+        /* Without 600 bytes to spare the worker cannot serve anyone; the
+         * supervisor restarts it with a clean heap. */
+        CL_ERROR("accept: out of memory");
+        cl_log_flush();
+        abort();
+    }
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         cl_conn_close(c);
         return;
