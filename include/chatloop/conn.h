@@ -67,7 +67,7 @@ struct cl_conn {
     uint8_t eof : 1;
     uint8_t proto_busy : 1;     /* the protocol is inside its parse loop */
     uint8_t proto_paused : 1;   /* the protocol stopped reading (pipelining back-pressure) */
-    char peer[48];              /* "ip:port" for logs */
+    char peer[56];              /* "ip:port" for logs */
 };
 
 /** Allocates a connection with initialised (unconnected) handles, linked

@@ -398,7 +398,7 @@ void cl_conn_accept(cl_worker *w, uv_stream_t *server)
             uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
             port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
         }
-        snprintf(c->peer, sizeof c->peer, "%s:%d", ip, port);
+        snprintf(c->peer, sizeof c->peer, "%.46s:%d", ip, port);
     }
     cl_http1_attach(c);
     cl_conn_read_start(c);
