@@ -76,7 +76,11 @@ struct cl_req {
     /** Fires when the connection closes before the response ends. */
     void (*on_abort)(cl_req *req);
     void *handler_data;
+    cl_req *next_cached;            /* the worker's request cache */
 };
+
+/** Frees the worker's cache of request objects (at worker exit). */
+void cl_http1_worker_cleanup(struct cl_worker *w);
 
 /** Takes over a freshly accepted connection (called by cl_conn_accept). */
 void cl_http1_attach(cl_conn *c);

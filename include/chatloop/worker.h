@@ -34,6 +34,8 @@ typedef struct cl_worker {
     cl_metrics_slot *metrics;   /* this worker's slot in shared memory */
     char read_buf[CL_READ_BUF_SIZE]; /* shared by every connection: reads are consumed synchronously */
     int read_buf_busy;
+    struct cl_req *req_cache;   /* freed requests kept for reuse (http1.c) */
+    int req_cache_len;
     uint64_t started_ns;
     uint64_t request_seq;
     uint32_t request_id_prefix;

@@ -40,15 +40,40 @@ static inline cl_req *conn_req(cl_conn *c) { return c->proto_data; }
 
 /* ---- request object ---------------------------------------------------- */
 
+/* Requests are recycled through a small per-worker cache with their head
+ * buffer and header array kept: a keep-alive client then costs no malloc per
+ * request. Only busy workers fill it; its size is bounded. */
+#define REQ_CACHE_MAX 64
+#define REQ_KEEP_HEAD 4096
+#define REQ_KEEP_HEADERS 32
+
 static cl_req *req_new(cl_conn *c)
 {
-    cl_req *r = calloc(1, sizeof *r);
-    if (!r)
-        return NULL;
+    cl_worker *w = c->w;
+    cl_req *r = w->req_cache;
+    if (r) {
+        w->req_cache = r->next_cached;
+        w->req_cache_len--;
+        cl_buf head = r->head;
+        cl_header_ref *headers = r->headers;
+        uint32_t headers_cap = r->headers_cap;
+        memset(r, 0, sizeof *r);
+        r->head = head;
+        r->head.len = 0;
+        r->headers = headers;
+        r->headers_cap = headers_cap;
+    } else {
+        r = calloc(1, sizeof *r);
+        if (!r)
+            return NULL;
+        cl_buf_init(&r->head, 0);
+        /* most request heads fit: one allocation instead of doublings */
+        cl_buf_reserve(&r->head, 512);
+    }
+    r->head.max = w->cfg->max_header_bytes;
     r->conn = c;
     r->start_ns = uv_hrtime();
-    cl_buf_init(&r->head, c->w->cfg->max_header_bytes);
-    cl_buf_init(&r->body, c->w->cfg->max_body_bytes);
+    cl_buf_init(&r->body, w->cfg->max_body_bytes);
     r->keep_alive = 1;
     return r;
 }
@@ -57,10 +82,30 @@ static void req_free(cl_req *r)
 {
     if (!r)
         return;
-    cl_buf_release(&r->head);
+    cl_worker *w = r->conn->w;
     cl_buf_release(&r->body);
+    if (w->req_cache_len < REQ_CACHE_MAX && r->head.cap <= REQ_KEEP_HEAD &&
+        r->headers_cap <= REQ_KEEP_HEADERS) {
+        r->next_cached = w->req_cache;
+        w->req_cache = r;
+        w->req_cache_len++;
+        return;
+    }
+    cl_buf_release(&r->head);
     free(r->headers);
     free(r);
+}
+
+void cl_http1_worker_cleanup(cl_worker *w)
+{
+    while (w->req_cache) {
+        cl_req *r = w->req_cache;
+        w->req_cache = r->next_cached;
+        cl_buf_release(&r->head);
+        free(r->headers);
+        free(r);
+    }
+    w->req_cache_len = 0;
 }
 
 /* Records why a callback refuses the request; returning -1 makes llhttp

@@ -4,6 +4,7 @@
  */
 #include "chatloop/worker.h"
 #include "chatloop/conn.h"
+#include "chatloop/http.h"
 #include "chatloop/log.h"
 #include "chatloop/routes.h"
 
@@ -205,6 +206,7 @@ out:
     if (uv_loop_close(&loop) != 0)
         CL_WARN("worker %d: handles left open at exit", id);
     cl_router_free(w->router);
+    cl_http1_worker_cleanup(w);
     free(w);
     cl_log_flush();
     return rc;
