@@ -61,11 +61,26 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	./$(BUILD)/chatloop --config conf/chatloop.conf
 
+# libFuzzer (clang): one target per parser that reads the network.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := $(patsubst test/fuzz/%.c,build-fuzz/%,$(wildcard test/fuzz/fuzz_*.c))
+build-fuzz/%: test/fuzz/%.c $(LIB_SRCS)
+	@mkdir -p build-fuzz
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude \
+	  -I/usr/share/include/llhttp $(PKG_CFLAGS) $< $(LIB_SRCS) $(LLHTTP_SRCS) -o $@ $(LDLIBS)
+
+fuzz: deps $(FUZZ_TARGETS)
+	@for t in $(FUZZ_TARGETS); do n=$$(basename $$t | sed 's/^fuzz_//'); \
+	  mkdir -p build-fuzz/corpus-$$n; \
+	  echo "== $$t ($(FUZZ_SECONDS)s)"; \
+	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build-fuzz/corpus-$$n test/fuzz/corpus/$$n || exit 1; \
+	done
+
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@bash scripts/bench.sh
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -24,8 +24,8 @@ int cl_buf_reserve(cl_buf *b, size_t extra)
     if (extra > b->max - b->len)
         return -1;
     size_t need = b->len + extra;
-    if (need <= b->cap)
-        return 0;
+    if (need < b->cap)
+        return 0; /* fits with the spare byte for cl_buf_cstr */
     /* +1 keeps room for the terminator cl_buf_cstr adds, so it never reallocates. */
     size_t cap = b->cap ? b->cap : 64;
     while (cap < need + 1)

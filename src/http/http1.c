@@ -249,6 +249,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     cl_req *r = conn_req(c);
     if (cl_buf_append(&r->body, at, len) != 0)
         return refuse(r, 413, CL_ERR_PAYLOAD_TOO_LARGE, "request body is larger than max_body_bytes");
+    cl_conn_set_timeout(c, c->w->cfg->body_timeout_ms); /* body_timeout bounds the gap between reads */
     return 0;
 }
 
@@ -376,6 +377,17 @@ static const char *date_header(void)
     return line;
 }
 
+/* Response heads are assembled in one reusable buffer (a worker is one
+ * thread), then copied into the connection's output with the body. */
+static cl_buf *scratch(void)
+{
+    static cl_buf b = {NULL, 0, 0, (size_t)-1};
+    if (b.cap > 64 * 1024)
+        cl_buf_release(&b);
+    cl_buf_reset(&b);
+    return &b;
+}
+
 /* Writes the status line and common headers into b. len < 0: no
  * Content-Length (streaming). */
 static void build_head(cl_req *r, cl_buf *b, int status, const char *content_type,
@@ -423,21 +435,14 @@ void cl_res_send(cl_req *r, int status, const char *content_type, const char *ex
 {
     if (r->started || r->ended)
         return;
-    char stack[1024];
-    cl_buf b = {stack, 0, sizeof stack, 0};
-    b.max = (size_t)-1;
-    build_head(r, &b, status, content_type, extra, (long long)len, 0);
+    cl_buf *b = scratch();
+    build_head(r, b, status, content_type, extra, (long long)len, 0);
     r->started = 1;
     /* Small answers go out as one piece: head and body copied together. */
-    if (!r->head_only && len && b.data == stack && b.len + len <= sizeof stack) {
-        memcpy(stack + b.len, body, len);
-        b.len += len;
+    if (!r->head_only && len && len <= 4096 && cl_buf_append(b, body, len) == 0)
         len = 0;
-    }
-    cl_conn_write(r->conn, b.data, b.len);
-    r->resp_bytes = b.len;
-    if (b.data != stack)
-        free(b.data);
+    cl_conn_write(r->conn, b->data, b->len);
+    r->resp_bytes = b->len;
     if (!r->head_only && len) {
         cl_conn_write(r->conn, body, len);
         r->resp_bytes += len;
@@ -454,15 +459,11 @@ int cl_res_start(cl_req *r, int status, const char *content_type, const char *ex
     if (!chunked)
         r->keep_alive = 0;
     r->chunked_response = (uint8_t)chunked;
-    char stack[1024];
-    cl_buf b = {stack, 0, sizeof stack, (size_t)-1};
-    build_head(r, &b, status, content_type, extra, -1, chunked);
+    cl_buf *b = scratch();
+    build_head(r, b, status, content_type, extra, -1, chunked);
     r->started = 1;
-    int rc = cl_conn_write(r->conn, b.data, b.len);
-    r->resp_bytes = b.len;
-    if (b.data != stack)
-        free(b.data);
-    return rc;
+    r->resp_bytes = b->len;
+    return cl_conn_write(r->conn, b->data, b->len);
 }
 
 int cl_res_write(cl_req *r, const void *data, size_t len)
@@ -755,8 +756,11 @@ static void http1_on_timeout(cl_conn *c)
 static void http1_on_shutdown(cl_conn *c)
 {
     cl_req *r = conn_req(c);
-    if (r && r->dispatched) {
-        r->keep_alive = 0; /* answer, then close */
+    if (r) {
+        /* A request has begun (maybe still arriving): it is in flight, so
+         * it gets its answer, then the connection closes. The drain timer
+         * bounds how long that may take. */
+        r->keep_alive = 0;
         return;
     }
     if (cl_conn_pending_bytes(c))

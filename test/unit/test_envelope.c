@@ -149,6 +149,17 @@ static void test_buf_caps(void)
     CHECK(cl_buf_append_u64(&b, 1) != 0);
     cl_buf_release(&b);
     CHECK(b.data == NULL && b.len == 0);
+    /* the terminator always has room, whatever length the appends reach
+     * (found by the fuzzer: an append ending exactly at capacity) */
+    for (size_t n = 1; n < 300; n++) {
+        char chunk[300];
+        memset(chunk, 'z', n);
+        cl_buf_init(&b, 0);
+        cl_buf_append(&b, "x", 1);
+        cl_buf_append(&b, chunk, n);
+        CHECK(cl_buf_cstr(&b) && strlen(b.data) == n + 1);
+        cl_buf_release(&b);
+    }
     cl_buf_init(&b, 0);
     CHECK(cl_buf_printf(&b, "%0300d", 5) == 0);
     CHECK_EQ_INT(b.len, 300);
