@@ -361,8 +361,6 @@ int main(int argc, char **argv)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     cl_builtin_set_start_time((double)tv.tv_sec + tv.tv_usec / 1e6);
-    if (cfg.provider != CL_PROVIDER_MOCK && cfg.api_key[0] == '\0')
-        CL_INFO("no api_key / GROQ_API_KEY set: using the built-in mock provider");
 
     int rc = supervise(&cfg);
     cl_config_free(&cfg);
