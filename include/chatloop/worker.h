@@ -14,6 +14,27 @@
 
 typedef struct cl_conn cl_conn;
 typedef struct cl_router cl_router;
+typedef struct cl_worker cl_worker;
+
+/**
+ * What a program (chatloop, chatloop-mock) plugs into a worker: its routes
+ * and its per-worker services (curl multi, database pool, ...). Every hook
+ * but build_routes may be NULL.
+ */
+typedef struct cl_worker_hooks {
+    cl_router *(*build_routes)(const cl_config *cfg);
+    /** After the loop exists, before accepting: set up w->app. 0 or -1. */
+    int (*on_start)(cl_worker *w);
+    /** SIGTERM/SIGINT: stop starting new work; running work may finish. */
+    void (*on_drain)(cl_worker *w);
+    /** The loop has stopped: close handles and free w->app (the loop is
+     *  run once more afterwards to finish the closes). Also called after a
+     *  failed or skipped on_start: it must accept a NULL or half-built app. */
+    void (*on_stop)(cl_worker *w);
+    /** Extra work the drain must wait for besides open connections
+     *  (e.g. queued database writes): a count, 0 when done. */
+    uint64_t (*pending_work)(cl_worker *w);
+} cl_worker_hooks;
 
 #define CL_READ_BUF_SIZE (64 * 1024)
 
@@ -31,6 +52,8 @@ typedef struct cl_worker {
     cl_conn *dirty;             /* connections with output to flush */
     uint64_t nconns;
     cl_router *router;
+    const cl_worker_hooks *hooks;
+    void *app;                  /* the program's per-worker state (hooks) */
     cl_metrics_slot *metrics;   /* this worker's slot in shared memory */
     char read_buf[CL_READ_BUF_SIZE]; /* shared by every connection: reads are consumed synchronously */
     int read_buf_busy;
@@ -47,7 +70,14 @@ typedef struct cl_worker {
  * a clean drain, 2 when the listener cannot be set up (the supervisor treats
  * that as fatal, not as a crash to restart).
  */
-int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics);
+int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics,
+                  const cl_worker_hooks *hooks);
+
+/** The worker whose loop is running in this process (one per process). */
+cl_worker *cl_worker_current(void);
+
+/** Called when draining work finishes: stops the loop once nothing is left. */
+void cl_worker_maybe_stop(cl_worker *w);
 
 /** Opens a listening socket on cfg's address with SO_REUSEPORT set.
  *  Returns the fd, or -1 with err set. Used by workers and by the

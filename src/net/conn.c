@@ -59,8 +59,7 @@ static void on_close_handle(uv_handle_t *h)
     free(c);
     w->nconns--;
     cl_metric_sub(&w->metrics->connections_open, 1);
-    if (w->draining && w->nconns == 0)
-        uv_stop(w->loop);
+    cl_worker_maybe_stop(w);
 }
 
 void cl_conn_close(cl_conn *c)

@@ -6,7 +6,7 @@
 #include "chatloop/conn.h"
 #include "chatloop/http.h"
 #include "chatloop/log.h"
-#include "chatloop/routes.h"
+#include "chatloop/router.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -66,6 +66,19 @@ int cl_listen_socket(const cl_config *cfg, int do_listen, char *err, size_t errl
     return fd;
 }
 
+static cl_worker *g_current;
+
+cl_worker *cl_worker_current(void) { return g_current; }
+
+void cl_worker_maybe_stop(cl_worker *w)
+{
+    if (!w->draining || w->nconns > 0)
+        return;
+    if (w->hooks && w->hooks->pending_work && w->hooks->pending_work(w) > 0)
+        return;
+    uv_stop(w->loop);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     cl_worker *w = server->data;
@@ -100,6 +113,8 @@ static void on_drain_timeout(uv_timer_t *t)
         next = c->next;
         cl_conn_close(c);
     }
+    /* Whatever else was pending is abandoned: the drain is bounded. */
+    uv_stop(w->loop);
 }
 
 static void begin_drain(cl_worker *w, const char *why)
@@ -117,10 +132,9 @@ static void begin_drain(cl_worker *w, const char *why)
         else
             cl_conn_close(c);
     }
-    if (w->nconns == 0) {
-        uv_stop(w->loop);
-        return;
-    }
+    if (w->hooks && w->hooks->on_drain)
+        w->hooks->on_drain(w);
+    cl_worker_maybe_stop(w);
     uv_timer_start(&w->drain_timer, on_drain_timeout, w->cfg->drain_timeout_ms, 0);
 }
 
@@ -137,7 +151,8 @@ static void close_walk(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
-int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics)
+int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics,
+                  const cl_worker_hooks *hooks)
 {
     cl_worker *w = calloc(1, sizeof *w);
     if (!w)
@@ -151,6 +166,8 @@ int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics)
     w->cfg = cfg;
     w->id = id;
     w->metrics = metrics;
+    w->hooks = hooks;
+    g_current = w;
     w->started_ns = uv_hrtime();
     /* Request ids: a per-process random prefix and a counter, unique across
      * workers and restarts without coordination. */
@@ -160,9 +177,13 @@ int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics)
     w->request_id_prefix = seed ^ (seed >> 15);
     int rc = 2;
 
-    w->router = cl_routes_build(cfg);
+    w->router = hooks->build_routes(cfg);
     if (!w->router) {
         CL_ERROR("cannot build the route table");
+        goto out;
+    }
+    if (hooks->on_start && hooks->on_start(w) != 0) {
+        CL_ERROR("worker %d: cannot start its services", id);
         goto out;
     }
     char err[256];
@@ -201,12 +222,15 @@ int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics)
     cl_log_set_buffered(0);
     rc = 0;
 out:
+    if (hooks->on_stop)
+        hooks->on_stop(w);
     uv_walk(&loop, close_walk, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) != 0)
         CL_WARN("worker %d: handles left open at exit", id);
     cl_router_free(w->router);
     cl_http1_worker_cleanup(w);
+    g_current = NULL;
     free(w);
     cl_log_flush();
     return rc;
