@@ -22,14 +22,16 @@ LDFLAGS += $(SANFLAGS)
 
 include third_party/llhttp.mk
 
-LIB_SRCS  := $(sort $(wildcard src/base/*.c src/net/*.c src/http/*.c))
+LIB_SRCS  := $(sort $(wildcard src/base/*.c src/net/*.c src/http/*.c src/llm/*.c src/api/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(LLHTTP_OBJS)
 MAIN_OBJ  := $(BUILD)/src/main.o
+MOCK_SRCS := $(sort $(wildcard src/mock/*.c))
+MOCK_OBJS := $(MOCK_SRCS:%.c=$(BUILD)/%.o)
 UNIT_SRCS := $(sort $(wildcard test/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(BUILD)/test/%)
 
 .PHONY: all test asan run bench fuzz clean deps unit
-all: $(BUILD)/chatloop $(UNIT_BINS)
+all: $(BUILD)/chatloop $(if $(MOCK_SRCS),$(BUILD)/chatloop-mock) $(UNIT_BINS)
 
 $(BUILD) $(BUILD)/third_party $(BUILD)/test:
 	@mkdir -p $@
@@ -39,6 +41,10 @@ $(BUILD)/%.o: %.c | $(BUILD)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/chatloop: $(MAIN_OBJ) $(LIB_OBJS)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# chatloop-mock: the OpenAI-compatible fake upstream, on the same HTTP core.
+$(BUILD)/chatloop-mock: $(MOCK_OBJS) $(LIB_OBJS)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/test/%: $(BUILD)/test/unit/%.o $(LIB_OBJS) | $(BUILD)/test

@@ -140,6 +140,10 @@ int cl_config_validate(const cl_config *cfg, char err[CL_ERRBUF]);
  */
 char *cl_config_dump(const cl_config *cfg);
 
+/** Copies a connection URL with its password replaced by "***" (both
+ *  scheme://user:pw@host and "... password=pw ..." forms), for logs. */
+void cl_redact_url(const char *url, char *out, size_t outlen);
+
 /** Number of keys in the table, and the name / default / doc of key i. */
 size_t cl_config_key_count(void);
 const char *cl_config_key_name(size_t i);

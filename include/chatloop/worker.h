@@ -44,6 +44,8 @@ typedef struct cl_worker {
     int id;
     uv_tcp_t listener;
     uv_check_t flush_check;     /* flushes connection output and logs each iteration */
+    uv_idle_t flush_idle;       /* active while output waits: keeps poll from blocking */
+    int flush_pending;
     uv_signal_t sig_term, sig_int;
     uv_timer_t drain_timer;
     int draining;
@@ -75,6 +77,13 @@ int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics,
 
 /** The worker whose loop is running in this process (one per process). */
 cl_worker *cl_worker_current(void);
+
+/**
+ * Output was queued: make sure this loop iteration reaches the flush (the
+ * check phase) without blocking in poll. Output queued from a timer or any
+ * other non-I/O callback would otherwise wait for unrelated I/O.
+ */
+void cl_worker_wake_flush(cl_worker *w);
 
 /** Called when draining work finishes: stops the loop once nothing is left. */
 void cl_worker_maybe_stop(cl_worker *w);

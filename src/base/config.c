@@ -38,9 +38,11 @@ typedef struct {
     const char *def;
     double lo, hi;              /* inclusive; checked only when hi > lo */
     const char *const *choices; /* NULL-terminated */
-    int secret;
+    int secret;                 /* 1: the whole value; SECRET_URL: its password part */
     const char *doc;
 } key_desc;
+
+#define SECRET_URL 2
 
 /*
  * offsetof plus a compile-time type check: comparing pointers to distinct
@@ -84,7 +86,8 @@ static const key_desc keys[] = {
     K_STR(tls_key, "", "TLS private key (PEM); set together with tls_cert"),
 
     /* database */
-    K_STR(database_url, "", "PostgreSQL connection URL (also read from DATABASE_URL)"),
+    { "database_url", T_STR, FIELD(database_url, char *), "", 0, 0, NULL, SECRET_URL,
+      "PostgreSQL connection URL (also read from DATABASE_URL)" },
     K_INT(db_pool_size, "4", 1, 64, "database connections per worker"),
 
     /* provider */
@@ -166,7 +169,11 @@ static int seterr(char err[CL_ERRBUF], const char *fmt, ...) {
 /* `"value"` with quotes and control bytes escaped, shortened so the key and
  * the reason still fit in CL_ERRBUF; secrets never reach the message. */
 static void quote_value(char *out, size_t n, const char *v, int secret) {
-    if (secret) {
+    char masked[512];
+    if (secret == SECRET_URL) {
+        cl_redact_url(v, masked, sizeof masked);
+        v = masked;
+    } else if (secret) {
         snprintf(out, n, "<redacted>");
         return;
     }
@@ -772,6 +779,37 @@ static void dump_string(FILE *f, const char *s) {
     fputc('"', f);
 }
 
+void cl_redact_url(const char *url, char *out, size_t outlen) {
+    if (outlen == 0)
+        return;
+    size_t o = 0;
+    const char *scheme = strstr(url, "://");
+    const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
+    const char *slash = scheme ? strchr(scheme + 3, '/') : NULL;
+    if (at && (!slash || at < slash)) {
+        /* scheme://user:password@host -> scheme://user:***@host */
+        const char *colon = memchr(scheme + 3, ':', (size_t)(at - scheme - 3));
+        const char *keep_end = colon ? colon + 1 : NULL;
+        if (keep_end) {
+            o = (size_t)snprintf(out, outlen, "%.*s***%s", (int)(keep_end - url), url, at);
+            url = NULL;
+        }
+    }
+    if (url) {
+        /* key=value form: password=secret -> password=*** */
+        const char *pw = strstr(url, "password=");
+        if (pw) {
+            const char *end = pw + 9;
+            while (*end && *end != ' ' && *end != '&')
+                end++;
+            o = (size_t)snprintf(out, outlen, "%.*s***%s", (int)(pw + 9 - url), url, end);
+        } else {
+            o = (size_t)snprintf(out, outlen, "%s", url);
+        }
+    }
+    (void)o;
+}
+
 char *cl_config_dump(const cl_config *cfg) {
     char *buf = NULL;
     size_t len = 0;
@@ -788,7 +826,11 @@ char *cl_config_dump(const cl_config *cfg) {
         case T_STR:
         case T_LISTEN: {
             const char *s = *(char *const *)p ? *(char *const *)p : "";
-            if (k->secret && *s)
+            if (k->secret == SECRET_URL && *s) {
+                char masked[1024];
+                cl_redact_url(s, masked, sizeof masked);
+                dump_string(f, masked);
+            } else if (k->secret && *s)
                 fputs("<redacted>", f);
             else
                 dump_string(f, s);

@@ -189,9 +189,27 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* RFC 9110 token characters. Debian's llhttp build lets a space into a
+ * header name ("Bad Name: x"); RFC 9112 §5.1 requires a 400 for that, and
+ * a name we would read differently from a proxy in front of us is how
+ * request smuggling starts. */
+static int is_tchar(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+}
+
 static int on_header_field_complete(llhttp_t *p)
 {
     cl_req *r = conn_req(p->data);
+    const cl_header_ref *h = &r->headers[r->nheaders - 1];
+    const unsigned char *name = (const unsigned char *)r->head.data + h->name_off;
+    if (h->name_len == 0)
+        return refuse(r, 400, CL_ERR_INVALID_REQUEST, "empty header name");
+    for (uint32_t i = 0; i < h->name_len; i++)
+        if (!is_tchar(name[i]))
+            return refuse(r, 400, CL_ERR_INVALID_REQUEST,
+                          "header name contains a character that is not allowed (RFC 9110 token)");
     /* From here on the entry's value_off is set, which also marks the name
      * as finished for on_header_field. */
     r->headers[r->nheaders - 1].value_off = (uint32_t)r->head.len;

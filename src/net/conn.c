@@ -84,14 +84,10 @@ static void on_timer(uv_timer_t *t)
         cl_conn_close(c);
         return;
     }
-    cl_worker *w = c->w;
     if (c->proto->on_timeout)
         c->proto->on_timeout(c);
     else
         cl_conn_close(c);
-    /* Output is flushed by the check handle after the poll phase; an answer
-     * queued from a timer (the 408) would otherwise wait for unrelated I/O. */
-    cl_conn_flush_dirty(w);
 }
 
 void cl_conn_set_timeout(cl_conn *c, uint64_t ms)
@@ -178,6 +174,7 @@ static void mark_dirty(cl_conn *c)
     c->dirty = 1;
     c->next_dirty = c->w->dirty;
     c->w->dirty = c;
+    cl_worker_wake_flush(c->w);
 }
 
 size_t cl_conn_pending_bytes(const cl_conn *c)

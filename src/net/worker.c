@@ -89,11 +89,30 @@ static void on_connection(uv_stream_t *server, int status)
     cl_conn_accept(w, server);
 }
 
+static void on_idle(uv_idle_t *h)
+{
+    (void)h; /* its only job is to make the next poll non-blocking */
+}
+
+void cl_worker_wake_flush(cl_worker *w)
+{
+    /* A worker without a running loop (unit tests drive protocols by hand)
+     * has no idle handle; its output is read straight from the conn. */
+    if (w->flush_pending || !w->flush_idle.loop)
+        return;
+    w->flush_pending = 1;
+    uv_idle_start(&w->flush_idle, on_idle);
+}
+
 static void on_check(uv_check_t *h)
 {
     cl_worker *w = h->data;
     cl_conn_flush_dirty(w);
     cl_log_flush();
+    if (w->flush_pending) {
+        w->flush_pending = 0;
+        uv_idle_stop(&w->flush_idle);
+    }
 }
 
 static void close_listener(cl_worker *w)
@@ -205,6 +224,8 @@ int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics,
     uv_check_init(&loop, &w->flush_check);
     w->flush_check.data = w;
     uv_check_start(&w->flush_check, on_check);
+    uv_idle_init(&loop, &w->flush_idle);
+    w->flush_idle.data = w;
     uv_timer_init(&loop, &w->drain_timer);
     w->drain_timer.data = w;
     uv_signal_init(&loop, &w->sig_term);

@@ -594,7 +594,27 @@ static void test_conf_file_matches_table(void) {
     cl_config_free(&d);
 }
 
-CL_TEST_MAIN(test_defaults, test_key_table, test_free_zeroed, test_durations, test_sizes,
+static void test_database_url_redacted(void)
+{
+    char out[256];
+    cl_redact_url("postgres://app:s3cret@db:5432/chat", out, sizeof out);
+    CHECK_EQ_STR(out, "postgres://app:***@db:5432/chat");
+    cl_redact_url("postgresql://app@db/chat", out, sizeof out);
+    CHECK_EQ_STR(out, "postgresql://app@db/chat");
+    cl_redact_url("host=db user=app password=s3cret dbname=chat", out, sizeof out);
+    CHECK_EQ_STR(out, "host=db user=app password=*** dbname=chat");
+    cl_config cfg;
+    char errbuf[CL_ERRBUF];
+    CHECK(cl_config_init(&cfg, errbuf) == 0);
+    CHECK(cl_config_set(&cfg, "database_url", "postgres://u:hunter2@h/d", "test", errbuf) == 0);
+    char *dump = cl_config_dump(&cfg);
+    CHECK(dump && !strstr(dump, "hunter2"));
+    CHECK_CONTAINS(dump, "postgres://u:***@h/d");
+    free(dump);
+    cl_config_free(&cfg);
+}
+
+CL_TEST_MAIN(test_database_url_redacted, test_defaults, test_key_table, test_free_zeroed, test_durations, test_sizes,
              test_numbers, test_enums_and_bools, test_listen, test_workers,
              test_key_spelling_and_unknown, test_file, test_file_errors, test_env, test_secrets,
              test_dump_roundtrip, test_validate, test_conf_file_matches_table)

@@ -280,6 +280,8 @@ static void test_malformed(void)
     check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
                   "HTTP/1.1 400 ", "INVALID_REQUEST");
     check_refused("GET /health HTTP/1.1\r\nNoColonHere\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
+    check_refused("GET /health HTTP/1.1\r\nBad Name: x\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
+    check_refused("GET /health HTTP/1.1\r\nX-Sp : x\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
     check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
                   "HTTP/1.1 400 ", "INVALID_REQUEST");
     /* a good request, then garbage: the first is answered, then 400 */

@@ -1,0 +1,179 @@
+// Process model: SIGTERM drains in-flight requests and exits 0 (bounded by
+// drain_timeout); the supervisor restarts a killed worker.
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { after } from 'node:test';
+import { HOST, RawConn, expectServing, get, makeTest, metrics, sleep, startServer, withTimeout } from './lib/server.mjs';
+
+const servers = [];
+const test = makeTest(() => servers);
+after(async () => {
+  // servers a failed test left running; stop() throws if one must be killed
+  const errs = [];
+  for (const s of servers) if (!s.exited) await s.stop().catch((e) => errs.push(e));
+  if (errs.length) throw errs[0];
+});
+
+async function start(opts) {
+  const s = await startServer(opts);
+  servers.push(s);
+  return s;
+}
+
+/** Tries a new connection + request: 'refused', 'closed' (no answer), or 'answered <status>'. */
+function probeNewConnection(port, timeout = 2000) {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: HOST, port });
+    let buf = '';
+    const done = (what) => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve(what);
+    };
+    const timer = setTimeout(() => done(`no answer and no close within ${timeout} ms`), timeout);
+    sock.on('connect', () => sock.write('GET /health HTTP/1.1\r\nHost: t\r\n\r\n'));
+    sock.on('data', (d) => {
+      buf += d;
+      const m = /^HTTP\/1\.1 (\d{3})/.exec(buf);
+      if (m) done(`answered ${m[1]}`);
+    });
+    sock.on('error', (e) => done(e.code === 'ECONNREFUSED' ? 'refused' : 'closed'));
+    sock.on('end', () => done('closed'));
+  });
+}
+
+test('SIGTERM: the in-flight request is answered, idle connections close, new ones are refused, exit 0', async () => {
+  const s = await start({ workers: 1, drainTimeout: '5s' });
+  // A: a request whose body is half sent
+  const a = await RawConn.open(s.port);
+  // B: an idle keep-alive connection
+  const b = await RawConn.open(s.port);
+  // C: connected, nothing sent
+  const c = await RawConn.open(s.port);
+  try {
+    await b.write('GET /health HTTP/1.1\r\nHost: t\r\n\r\n');
+    assert.equal((await b.readResponse()).status, 200);
+    await a.write('POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello');
+    await sleep(100);
+
+    const t0 = Date.now();
+    process.kill(s.pid, 'SIGTERM');
+    await sleep(200);
+    assert.equal(a.gone, false, 'the in-flight request is not cut');
+    const probe = await probeNewConnection(s.port);
+    assert.match(probe, /^(refused|closed)$/, `a new connection after SIGTERM: ${probe}`);
+
+    await a.write('world');
+    const r = await a.readResponse({ timeout: 3000 });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json().data.body, 'helloworld');
+    assert.match(r.headers.connection || '', /close/i, 'draining: Connection: close');
+    await a.waitClosed(3000);
+
+    await b.waitClosed(1000);
+    await c.waitClosed(1000);
+    assert.ok(b.endedAt - t0 < 1000, `idle keep-alive closed ${b.endedAt - t0} ms after SIGTERM`);
+
+    const ex = await s.waitExit(4000, 'exit after the drain');
+    assert.deepEqual(ex, { code: 0, signal: null });
+    assert.ok(Date.now() - t0 < 3000, `exited ${Date.now() - t0} ms after SIGTERM (drain_timeout 5s, nothing left in flight)`);
+  } finally {
+    a.destroy();
+    b.destroy();
+    c.destroy();
+  }
+  assert.deepEqual(await s.stop(), { code: 0, signal: null }); // no stragglers in its process group
+});
+
+test('SIGTERM with an idle server exits 0 at once (2 workers)', async () => {
+  const s = await start({ workers: 2, drainTimeout: '5s' });
+  const t0 = Date.now();
+  assert.deepEqual(await s.stop(4000), { code: 0, signal: null });
+  assert.ok(Date.now() - t0 < 2000, `stopped in ${Date.now() - t0} ms`);
+});
+
+test('SIGTERM: a request that never completes is cut at drain_timeout; exit 0', async () => {
+  const s = await start({ workers: 1, drainTimeout: '1s', headerTimeout: '30s', bodyTimeout: '30s' });
+  const a = await RawConn.open(s.port);
+  try {
+    await a.write('POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhel');
+    await sleep(100);
+    const t0 = Date.now();
+    process.kill(s.pid, 'SIGTERM');
+    const ex = await s.waitExit(5000, 'exit at drain_timeout');
+    const ms = Date.now() - t0;
+    assert.deepEqual(ex, { code: 0, signal: null });
+    assert.ok(ms >= 800 && ms < 3500, `exited ${ms} ms after SIGTERM (drain_timeout 1s)`);
+    await a.waitClosed(2000);
+  } finally {
+    a.destroy();
+  }
+  await s.stop();
+});
+
+/** Distinct worker pids seen by /health on new connections, until `want` or `ms`. */
+async function workerPids(port, want, ms) {
+  const pids = new Set();
+  const deadline = Date.now() + ms;
+  while (pids.size < want && Date.now() < deadline) {
+    try {
+      pids.add((await get(port, '/health', { timeout: 1000 })).json().pid);
+    } catch {}
+  }
+  return pids;
+}
+
+test('a worker killed with SIGKILL is restarted; serving never stops', async () => {
+  const s = await start({ workers: 2 });
+  s.allowRestarts = true;
+  const before = await workerPids(s.port, 2, 5000);
+  assert.equal(before.size, 2, `found worker pids ${[...before]}`);
+  const [victim, survivor] = [...before];
+
+  // a background client hammering /health during the kill
+  let stop = false;
+  const failures = [];
+  let served = 0;
+  const killedAt = { t: 0 };
+  const hammer = (async () => {
+    while (!stop) {
+      const t = Date.now();
+      try {
+        const r = await get(s.port, '/health', { timeout: 2000 });
+        if (r.status === 200) served++;
+        else failures.push(`status ${r.status}`);
+      } catch (e) {
+        failures.push(`${e.code || e.message} at +${t - killedAt.t} ms`);
+      }
+      await sleep(5);
+    }
+  })();
+  try {
+    await sleep(100);
+    killedAt.t = Date.now();
+    process.kill(victim, 'SIGKILL');
+
+    let now = new Set();
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline) {
+      now = await workerPids(s.port, 2, 1000);
+      if (now.size === 2 && !now.has(victim)) break;
+      await sleep(50);
+    }
+    assert.equal(now.size, 2, `two workers answer again: ${[...now]}`);
+    assert.ok(!now.has(victim), 'the killed pid is gone');
+    assert.ok(now.has(survivor), 'the other worker was not disturbed');
+
+    const m = await metrics(s.port);
+    assert.ok(m['chatloop_worker_restarts_total'] >= 1, `restarts ${m['chatloop_worker_restarts_total']}`);
+    assert.equal(m['chatloop_workers'], 2);
+  } finally {
+    stop = true;
+    await withTimeout(hammer, 5000, 'background client');
+  }
+  assert.ok(served > 10, `served ${served} during the test`);
+  // Only connections already queued on the dying worker's socket may fail.
+  assert.ok(failures.length <= 2, `failed requests: ${failures.join(', ')}`);
+  await expectServing(s.port);
+  assert.deepEqual(await s.stop(), { code: 0, signal: null });
+});
