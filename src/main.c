@@ -5,6 +5,7 @@
  * The supervisor runs no event loop: it waits for signals with sigsuspend,
  * so nothing it does can stall a worker.
  */
+#include "chatloop/app.h"
 #include "chatloop/config.h"
 #include "chatloop/log.h"
 #include "chatloop/metrics.h"
@@ -185,8 +186,7 @@ static pid_t spawn_worker(const cl_config *cfg, int id, cl_metrics_slot *slots, 
     char who[16];
     snprintf(who, sizeof who, "w%d", id);
     cl_log_setup(cfg->log_level, cfg->log_format, who);
-    static const cl_worker_hooks hooks = {.build_routes = cl_routes_build};
-    int rc = cl_worker_run(cfg, id, &slots[id], &hooks);
+    int rc = cl_worker_run(cfg, id, &slots[id], &cl_app_hooks);
     /* exit, not _exit: a worker frees what it owns and LeakSanitizer (make
      * asan) checks each worker at its exit. */
     cl_config_free((cl_config *)cfg);

@@ -10,7 +10,10 @@
  * '\n'; a blank line dispatches the event (nothing is dispatched for an
  * event with no data line); `event` sets the event name; `id` and `retry`
  * are accepted and ignored. A line longer than max_line is an error, so a
- * hostile or broken upstream cannot grow the buffer without bound.
+ * hostile or broken upstream cannot grow the buffer without bound; so is an
+ * event whose joined data passes 4 * max_line (reported as
+ * CL_SSE_ERR_LINE_TOO_LONG too). Event names past 63 bytes are truncated.
+ * After an error every later feed returns the same error.
  *
  * Ownership: the parser owns its buffers; cl_sse_free releases them. The
  * event callback's pointers are valid only during the call.
@@ -39,10 +42,15 @@ typedef struct cl_sse_parser {
     uint8_t failed;     /* a previous feed failed: further feeds fail too */
 } cl_sse_parser;
 
-/** Called once per dispatched event. `event` is "message" when unnamed.
- *  A non-zero return stops parsing; cl_sse_feed returns that value. */
+/** Called once per dispatched event. `event` is "message" when unnamed;
+ *  `data` is NUL-terminated (the terminator is not counted in len).
+ *  A non-zero return stops parsing; cl_sse_feed returns that value and the
+ *  rest of that feed is dropped (the parser itself stays consistent).
+ *  The callback must not free the parser: return non-zero and free it
+ *  after cl_sse_feed returns. */
 typedef int (*cl_sse_event_cb)(void *ud, const char *event, const char *data, size_t len);
 
+/** max_line 0 selects 1 MiB. Allocates nothing until a feed needs it. */
 void cl_sse_init(cl_sse_parser *p, size_t max_line);
 /** Parses `len` more bytes. Returns CL_SSE_OK, a CL_SSE_ERR_* code, or the
  *  callback's non-zero return. */

@@ -1,5 +1,6 @@
 /* builtin.c — /health and /metrics. */
 #include "chatloop/api.h"
+#include "chatloop/app.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/metrics.h"
 #include "chatloop/routes.h"
@@ -7,6 +8,7 @@
 #include "chatloop/worker.h"
 
 #include <stdio.h>
+#include <string.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -25,12 +27,23 @@ static double now_unix(void)
  * their features; until then the server is ready when it answers. */
 static void health(cl_req *r)
 {
-    char body[256];
+    char body[512];
     double uptime = g_start_unix > 0 ? now_unix() - g_start_unix : 0;
+    cl_app *app = r->conn->w->app;
+    const char *provider = app && app->llm ? cl_llm_provider_name(app->llm) : "none";
     int n = snprintf(body, sizeof body,
                      "{\"status\":\"ok\",\"version\":\"%s\",\"uptime_s\":%.3f,"
-                     "\"worker\":%d,\"pid\":%d}",
-                     CL_VERSION, uptime, r->conn->w->id, (int)getpid());
+                     "\"worker\":%d,\"pid\":%d,\"provider\":{\"name\":\"%s\",\"model\":",
+                     CL_VERSION, uptime, r->conn->w->id, (int)getpid(), provider);
+    cl_buf extra;
+    cl_buf_init(&extra, 0);
+    cl_jsonw_cstr(&extra, r->conn->w->cfg->model);
+    cl_buf_append_str(&extra, "}}");
+    if (n > 0 && (size_t)n + extra.len < sizeof body) {
+        memcpy(body + n, extra.data, extra.len);
+        n += (int)extra.len;
+    }
+    cl_buf_release(&extra);
     cl_res_send(r, 200, "application/json", "Cache-Control: no-store\r\n", body, (size_t)n);
 }
 

@@ -1,4 +1,5 @@
 /* routes.c — the whole API in one table: each feature registers its routes. */
+#include "chatloop/app.h"
 #include "chatloop/routes.h"
 
 cl_router *cl_routes_build(const cl_config *cfg)
@@ -6,7 +7,7 @@ cl_router *cl_routes_build(const cl_config *cfg)
     cl_router *r = cl_router_new();
     if (!r)
         return NULL;
-    if (cl_builtin_routes(r, cfg) != 0) {
+    if (cl_builtin_routes(r, cfg) != 0 || cl_openai_routes(r) != 0 || cl_llm_routes(r) != 0) {
         cl_router_free(r);
         return NULL;
     }

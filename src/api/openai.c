@@ -1,0 +1,357 @@
+/*
+ * openai.c — the OpenAI-compatible pass-through: POST /v1/chat/completions
+ * (and /openai/v1/...), GET /v1/models (and /openai/v1/models).
+ *
+ * OpenAI's formats exactly, no envelope: the request body goes upstream as
+ * the client wrote it (a default model filled in, usage always asked for);
+ * streamed chunks are relayed one by one as they arrive, verbatim; errors
+ * are {"error":{"message","type","param","code"}}. A client that goes away
+ * cancels the upstream transfer at once (on_abort).
+ */
+#include "chatloop/app.h"
+#include "chatloop/jsonw.h"
+#include "chatloop/log.h"
+#include "chatloop/router.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct relay {
+    cl_req *req;
+    cl_llm_call *call;
+    int stream;
+    int client_wants_usage;
+    int started;                /* the SSE head went out */
+    cl_buf frame;               /* one "data: ...\n\n" frame, reused */
+} relay;
+
+/* ---- OpenAI-format errors ------------------------------------------------------ */
+
+static void openai_error(cl_req *r, int status, const char *type, const char *message,
+                         const char *param, const char *code)
+{
+    cl_buf b;
+    cl_buf_init(&b, 0);
+    cl_buf_append_str(&b, "{\"error\":{\"message\":");
+    cl_jsonw_cstr(&b, message);
+    cl_buf_append_str(&b, ",\"type\":");
+    cl_jsonw_cstr(&b, type);
+    cl_buf_append_str(&b, ",\"param\":");
+    cl_jsonw_cstr(&b, param);
+    cl_buf_append_str(&b, ",\"code\":");
+    cl_jsonw_cstr(&b, code);
+    cl_buf_append_str(&b, "}}");
+    const char *extra = status == 401 ? "WWW-Authenticate: Bearer\r\n" : NULL;
+    cl_res_send(r, status, "application/json", extra, b.data, b.len);
+    cl_buf_release(&b);
+}
+
+static void invalid(cl_req *r, const char *message, const char *param)
+{
+    openai_error(r, 400, "invalid_request_error", message, param, NULL);
+}
+
+/* ---- request validation ------------------------------------------------------- */
+
+/* Checks the fields we depend on; everything else is the upstream's to judge.
+ * Returns 0, or answers 400 naming the field and returns -1. */
+static int validate(cl_req *r, json_t *body)
+{
+    char msg[200];
+    if (!json_is_object(body)) {
+        invalid(r, "the request body must be a JSON object", NULL);
+        return -1;
+    }
+    json_t *model = json_object_get(body, "model");
+    if (model && !json_is_string(model)) {
+        invalid(r, "'model' must be a string", "model");
+        return -1;
+    }
+    json_t *stream = json_object_get(body, "stream");
+    if (stream && !json_is_boolean(stream) && !json_is_null(stream)) {
+        invalid(r, "'stream' must be a boolean", "stream");
+        return -1;
+    }
+    json_t *messages = json_object_get(body, "messages");
+    if (!messages) {
+        invalid(r, "'messages' is required", "messages");
+        return -1;
+    }
+    if (!json_is_array(messages) || json_array_size(messages) == 0) {
+        invalid(r, "'messages' must be a non-empty array", "messages");
+        return -1;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(messages, i, m) {
+        char param[48];
+        snprintf(param, sizeof param, "messages[%zu]", i);
+        const char *role = json_string_value(json_object_get(m, "role"));
+        if (!json_is_object(m) || !role) {
+            snprintf(msg, sizeof msg, "%s must be an object with a string 'role'", param);
+            invalid(r, msg, param);
+            return -1;
+        }
+        if (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant") &&
+            strcmp(role, "tool") && strcmp(role, "developer")) {
+            snprintf(msg, sizeof msg, "%s.role must be one of system, developer, user, assistant, tool", param);
+            invalid(r, msg, param);
+            return -1;
+        }
+        json_t *content = json_object_get(m, "content");
+        if (content && !json_is_string(content) && !json_is_array(content) && !json_is_null(content)) {
+            snprintf(msg, sizeof msg, "%s.content must be a string, an array of parts or null", param);
+            invalid(r, msg, param);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- relaying ------------------------------------------------------------------- */
+
+static void relay_free(relay *rl)
+{
+    cl_buf_release(&rl->frame);
+    free(rl);
+}
+
+static void relay_abort(cl_req *r)
+{
+    relay *rl = r->handler_data;
+    /* the client left: stop the upstream now (its socket closes this iteration) */
+    cl_llm_cancel(rl->call);
+    relay_free(rl);
+}
+
+static int start_stream(relay *rl)
+{
+    if (rl->started)
+        return 0;
+    rl->started = 1;
+    return cl_res_start(rl->req, 200, "text/event-stream",
+                        "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
+}
+
+static int write_frame(relay *rl, const char *data, size_t len)
+{
+    cl_buf *f = &rl->frame;
+    cl_buf_reset(f);
+    if (cl_buf_append(f, "data: ", 6) != 0 || cl_buf_append(f, data, len) != 0 ||
+        cl_buf_append(f, "\n\n", 2) != 0)
+        return -1;
+    return cl_res_write(rl->req, f->data, f->len);
+}
+
+/* A chunk with `"choices":[]` carries only usage: relayed only to clients
+ * that asked for it (stream_options.include_usage), since clients that did
+ * not ask may index choices[0] and fail on it. */
+static int usage_only(const char *data, size_t len)
+{
+    return memmem(data, len, "\"choices\":[]", 12) != NULL ||
+           memmem(data, len, "\"choices\": []", 13) != NULL;
+}
+
+static void on_chunk(void *ud, const char *data, size_t len, const cl_llm_result *acc)
+{
+    relay *rl = ud;
+    (void)acc;
+    if (!rl->stream)
+        return;
+    if (!rl->client_wants_usage && usage_only(data, len))
+        return;
+    if (start_stream(rl) != 0 || write_frame(rl, data, len) != 0) {
+        /* the connection is gone; on_abort cancels the call */
+        return;
+    }
+}
+
+/* The mock provider has no upstream body: build the chat.completion. */
+static void completion_json(const cl_llm_result *res, cl_buf *b)
+{
+    cl_buf_append_str(b, "{\"id\":");
+    cl_jsonw_cstr(b, res->id[0] ? res->id : "chatcmpl-chatloop");
+    cl_buf_printf(b, ",\"object\":\"chat.completion\",\"created\":%lld,\"model\":", (long long)time(NULL));
+    cl_jsonw_cstr(b, res->model);
+    cl_buf_append_str(b, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+    cl_jsonw_str(b, res->content.data ? res->content.data : "", res->content.len);
+    if (res->ntool_calls) {
+        cl_buf_append_str(b, ",\"tool_calls\":");
+        cl_llm_tool_calls_json(res, b);
+    }
+    cl_buf_append_str(b, "},\"logprobs\":null,\"finish_reason\":");
+    cl_jsonw_cstr(b, res->finish_reason[0] ? res->finish_reason : "stop");
+    cl_buf_append_str(b, "}],\"usage\":");
+    cl_llm_usage_json(&res->usage, b);
+    cl_buf_append_str(b, "}");
+}
+
+static void on_done(void *ud, const cl_llm_result *res, const char *body, size_t len)
+{
+    relay *rl = ud;
+    cl_req *r = rl->req;
+    if (rl->stream) {
+        if (start_stream(rl) == 0)
+            cl_res_write(r, "data: [DONE]\n\n", 14);
+        cl_res_end(r);
+    } else if (body) {
+        cl_res_send(r, 200, "application/json", NULL, body, len);
+    } else {
+        cl_buf b;
+        cl_buf_init(&b, 0);
+        completion_json(res, &b);
+        cl_res_send(r, 200, "application/json", NULL, b.data, b.len);
+        cl_buf_release(&b);
+    }
+    relay_free(rl);
+}
+
+static const char *error_type(cl_err_code code)
+{
+    return code == CL_ERR_LLM_TIMEOUT ? "timeout_error" : "upstream_error";
+}
+
+static void on_error(void *ud, cl_err_code code, const char *message, int status,
+                     const char *upstream_body, const cl_llm_result *partial)
+{
+    relay *rl = ud;
+    cl_req *r = rl->req;
+    (void)partial;
+    if (rl->started) {
+        /* Mid-stream: the status line is gone; OpenAI clients raise an
+         * error event as an APIError. */
+        cl_buf b;
+        cl_buf_init(&b, 0);
+        cl_buf_append_str(&b, "{\"error\":{\"message\":");
+        cl_jsonw_cstr(&b, message);
+        cl_buf_append_str(&b, ",\"type\":");
+        cl_jsonw_cstr(&b, error_type(code));
+        cl_buf_append_str(&b, ",\"param\":null,\"code\":");
+        cl_jsonw_cstr(&b, cl_err_name(code));
+        cl_buf_append_str(&b, "}}");
+        write_frame(rl, b.data, b.len);
+        cl_buf_release(&b);
+        cl_res_end(r);
+        relay_free(rl);
+        return;
+    }
+    /* Before any byte: the upstream's own client errors (400, 401, 404,
+     * 422, 429 after retries) go back as they were, so SDKs raise the
+     * same exception class; everything else is a gateway error. */
+    if (status >= 400 && status < 500 && upstream_body && upstream_body[0] == '{') {
+        char extra[64] = "";
+        cl_res_send(r, status, "application/json", extra[0] ? extra : NULL, upstream_body,
+                    strlen(upstream_body));
+    } else {
+        int st = code == CL_ERR_LLM_TIMEOUT ? 504 : code == CL_ERR_PROCESSING_ERROR ? 500 : 502;
+        openai_error(r, st, error_type(code), message, NULL, cl_err_name(code));
+    }
+    relay_free(rl);
+}
+
+static const cl_llm_callbacks relay_callbacks = {
+    .on_chunk = on_chunk,
+    .on_done = on_done,
+    .on_error = on_error,
+};
+
+static void chat_completions(cl_req *r)
+{
+    if (!cl_auth_allow(r))
+        return;
+    cl_app *app = cl_app_current();
+    json_error_t jerr;
+    json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
+    if (!body) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "invalid JSON in the request body at line %d column %d: %s",
+                 jerr.line, jerr.column, jerr.text);
+        invalid(r, msg, NULL);
+        return;
+    }
+    if (validate(r, body) != 0) {
+        json_decref(body);
+        return;
+    }
+    relay *rl = calloc(1, sizeof *rl);
+    if (!rl) {
+        json_decref(body);
+        openai_error(r, 500, "server_error", "out of memory", NULL, NULL);
+        return;
+    }
+    rl->req = r;
+    rl->stream = json_is_true(json_object_get(body, "stream"));
+    rl->client_wants_usage =
+        json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage"));
+    cl_buf_init(&rl->frame, 0);
+    r->handler_data = rl;
+    r->on_abort = relay_abort;
+    rl->call = cl_llm_start(app->llm, body, &relay_callbacks, rl);
+    json_decref(body);
+    if (!rl->call) {
+        r->on_abort = NULL;
+        relay_free(rl);
+        openai_error(r, 500, "server_error", "cannot start the completion", NULL, NULL);
+    }
+}
+
+/* ---- models --------------------------------------------------------------------- */
+
+typedef struct models_req {
+    cl_req *req;
+    cl_llm_get *get;
+} models_req;
+
+static void models_abort(cl_req *r)
+{
+    models_req *m = r->handler_data;
+    cl_llm_get_cancel(m->get);
+    free(m);
+}
+
+static void models_done(void *ud, int status, const char *body, size_t len)
+{
+    models_req *m = ud;
+    cl_req *r = m->req;
+    r->on_abort = NULL;
+    if (status == 200)
+        cl_res_send(r, 200, "application/json", NULL, body, len);
+    else if (status >= 400 && status < 500 && len && body[0] == '{')
+        cl_res_send(r, status, "application/json", NULL, body, len);
+    else
+        openai_error(r, 502, "upstream_error", "the upstream did not answer /models", NULL,
+                     "LLM_ERROR");
+    free(m);
+}
+
+static void models(cl_req *r)
+{
+    if (!cl_auth_allow(r))
+        return;
+    models_req *m = calloc(1, sizeof *m);
+    if (!m) {
+        openai_error(r, 500, "server_error", "out of memory", NULL, NULL);
+        return;
+    }
+    m->req = r;
+    r->handler_data = m;
+    r->on_abort = models_abort;
+    m->get = cl_llm_models(cl_app_current()->llm, NULL, models_done, m);
+    if (!m->get) {
+        r->on_abort = NULL;
+        free(m);
+        openai_error(r, 500, "server_error", "cannot ask the upstream", NULL, NULL);
+    }
+}
+
+int cl_openai_routes(cl_router *r)
+{
+    int rc = 0;
+    rc |= cl_router_add(r, "POST", "/v1/chat/completions", chat_completions);
+    rc |= cl_router_add(r, "POST", "/openai/v1/chat/completions", chat_completions);
+    rc |= cl_router_add(r, "GET", "/v1/models", models);
+    rc |= cl_router_add(r, "GET", "/openai/v1/models", models);
+    return rc;
+}

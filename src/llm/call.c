@@ -1,0 +1,634 @@
+/*
+ * call.c — one completion request: attempts, retries with backoff, fallback
+ * models, timeouts, and the curl transport. See llm.h for the state machine.
+ *
+ * Teardown is written once (call_release): stop the transport, unlink, close
+ * both timers, free in the last close callback. Every path ends there:
+ * success, failure, cancel, and cl_llm_free at worker exit.
+ */
+#include "llm_internal.h"
+
+#include "chatloop/log.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define SSE_MAX_LINE (1024 * 1024)
+#define MAX_ERROR_BODY (64 * 1024)
+#define MAX_COMPLETION_BODY (16 * 1024 * 1024)
+#define BACKOFF_BASE_MS 250
+#define BACKOFF_MAX_MS 8000
+#define RETRY_AFTER_MAX_MS 60000
+
+static void start_attempt(cl_llm_call *c);
+static void arm_timeout(cl_llm_call *c);
+
+uint64_t cl_llm__now(const cl_llm *llm)
+{
+    return uv_now(llm->loop);
+}
+
+/* ---- teardown -------------------------------------------------------------- */
+
+static void on_call_closed(uv_handle_t *h)
+{
+    cl_llm_call *c = h->data;
+    if (--c->pending_closes > 0)
+        return;
+    for (int i = 0; i < c->nmodels; i++)
+        free(c->models[i]);
+    free(c->models);
+    free(c);
+}
+
+static void stop_transfer(cl_llm_call *c)
+{
+    if (c->easy) {
+        cl_curl_loop_remove(c->llm->curl, c->easy);
+        curl_easy_cleanup(c->easy);
+        c->easy = NULL;
+    }
+    curl_slist_free_all(c->headers);
+    c->headers = NULL;
+    free(c->body);
+    c->body = NULL;
+}
+
+static void call_release(cl_llm_call *c)
+{
+    cl_llm *llm = c->llm;
+    c->state = CALL_FINISHED;
+    stop_transfer(c);
+    cl_llm__mock_stop(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        llm->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    llm->active--;
+    json_decref(c->request);
+    c->request = NULL;
+    cl_sse_free(&c->sse);
+    cl_llm_result_free(&c->result);
+    cl_buf_release(&c->resp);
+    c->pending_closes = 2;
+    uv_close((uv_handle_t *)&c->timer, on_call_closed);
+    uv_close((uv_handle_t *)&c->mock_timer, on_call_closed);
+}
+
+void cl_llm_cancel(cl_llm_call *c)
+{
+    if (!c || c->cancelled || c->state == CALL_FINISHED)
+        return;
+    c->cancelled = 1;
+    if (c->in_curl_cb) {
+        /* curl is on the stack: the write callback returns an error and
+         * the transfer's end (next info_read) releases the call. */
+        uv_timer_stop(&c->timer);
+        return;
+    }
+    call_release(c);
+}
+
+/* ---- final outcomes ------------------------------------------------------- */
+
+void cl_llm__fail(cl_llm_call *c, cl_err_code code, const char *msg, int status, const char *body)
+{
+    if (c->state == CALL_FINISHED || c->cancelled)
+        return;
+    c->state = CALL_FINISHED;
+    CL_DEBUG("llm call failed: %s (%s, upstream status %d)", msg, cl_err_name(code), status);
+    if (c->cb.on_error)
+        c->cb.on_error(c->ud, code, msg, status, body, &c->result);
+    call_release(c);
+}
+
+void cl_llm__finish_ok(cl_llm_call *c, const char *body, size_t len)
+{
+    if (c->state == CALL_FINISHED || c->cancelled)
+        return;
+    c->state = CALL_FINISHED;
+    if (c->cb.on_done)
+        c->cb.on_done(c->ud, &c->result, body, len);
+    call_release(c);
+}
+
+/* ---- retries and fallbacks ------------------------------------------------- */
+
+static int retryable_status(long s)
+{
+    return s == 429 || s == 498 || (s >= 500 && s <= 599);
+}
+
+static int retryable_curl(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PARTIAL_FILE:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    cl_llm_call *c = t->data;
+    if (c->state == CALL_WAIT_RETRY)
+        start_attempt(c);
+}
+
+/* Before the first chunk: try again (same model, with backoff and jitter,
+ * or after retry-after), then the next fallback model. Returns 1 when a new
+ * attempt is scheduled, 0 when the caller should fail the call. */
+static int schedule_retry(cl_llm_call *c)
+{
+    const cl_config *cfg = c->llm->cfg;
+    if (c->got_chunk)
+        return 0;
+    stop_transfer(c);
+    cl_llm_result_free(&c->result);
+    cl_llm_result_init(&c->result);
+    cl_sse_free(&c->sse);
+    cl_sse_init(&c->sse, SSE_MAX_LINE);
+    cl_buf_release(&c->resp);
+    uint64_t delay;
+    if (c->attempt < cfg->retries) {
+        c->attempt++;
+        if (c->retry_after_s > 0) {
+            delay = (uint64_t)(c->retry_after_s * 1000.0);
+            if (delay > RETRY_AFTER_MAX_MS)
+                delay = RETRY_AFTER_MAX_MS;
+        } else {
+            double base = BACKOFF_BASE_MS * pow(2.0, c->attempt - 1);
+            if (base > BACKOFF_MAX_MS)
+                base = BACKOFF_MAX_MS;
+            /* full jitter in [base/2, base]: retries from many turns spread */
+            delay = (uint64_t)(base / 2 + (double)rand() / RAND_MAX * base / 2);
+        }
+    } else if (c->model_idx + 1 < c->nmodels) {
+        c->model_idx++;
+        c->attempt = 0;
+        delay = 0;
+        CL_INFO("llm: falling back to model %s", c->models[c->model_idx]);
+    } else {
+        return 0;
+    }
+    uint64_t now = cl_llm__now(c->llm);
+    if (now + delay >= c->start_ms + cfg->turn_timeout_ms)
+        return 0;
+    c->state = CALL_WAIT_RETRY;
+    uv_timer_start(&c->timer, on_retry_timer, delay, 0);
+    return 1;
+}
+
+/* ---- timeouts -------------------------------------------------------------- */
+
+static void on_timeout_timer(uv_timer_t *t)
+{
+    cl_llm_call *c = t->data;
+    if (c->state != CALL_REQUESTING && c->state != CALL_STREAMING)
+        return;
+    const cl_config *cfg = c->llm->cfg;
+    uint64_t now = cl_llm__now(c->llm);
+    uint64_t total = c->start_ms + cfg->turn_timeout_ms;
+    uint64_t phase = c->got_chunk ? c->last_chunk_ms + cfg->idle_chunk_timeout_ms
+                                  : c->attempt_ms + cfg->first_token_timeout_ms;
+    uint64_t due = phase < total ? phase : total;
+    if (now < due) {
+        /* Chunks moved the deadline: wait the rest. Re-arming here instead
+         * of on every chunk keeps timer work off the per-token path. */
+        uv_timer_start(&c->timer, on_timeout_timer, due - now, 0);
+        return;
+    }
+    char msg[160];
+    if (due == total)
+        snprintf(msg, sizeof msg, "the model did not finish within turn_timeout (%llums)",
+                 (unsigned long long)cfg->turn_timeout_ms);
+    else if (c->got_chunk)
+        snprintf(msg, sizeof msg, "the model sent nothing for idle_chunk_timeout (%llums)",
+                 (unsigned long long)cfg->idle_chunk_timeout_ms);
+    else
+        snprintf(msg, sizeof msg, "no first token within first_token_timeout (%llums)",
+                 (unsigned long long)cfg->first_token_timeout_ms);
+    stop_transfer(c);
+    cl_llm__fail(c, CL_ERR_LLM_TIMEOUT, msg, 0, NULL);
+}
+
+static void arm_timeout(cl_llm_call *c)
+{
+    const cl_config *cfg = c->llm->cfg;
+    uint64_t ms = cfg->first_token_timeout_ms;
+    uint64_t left = c->start_ms + cfg->turn_timeout_ms - cl_llm__now(c->llm);
+    if (left < ms)
+        ms = left;
+    uv_timer_start(&c->timer, on_timeout_timer, ms ? ms : 1, 0);
+}
+
+/* ---- events from any transport -------------------------------------------- */
+
+static void on_content_delta(void *ud, const char *text, size_t len)
+{
+    cl_llm_call *c = ud;
+    if (c->cb.on_content && !c->cancelled)
+        c->cb.on_content(c->ud, text, len);
+}
+
+int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
+{
+    if (c->cancelled || c->state == CALL_FINISHED)
+        return -1;
+    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        c->done_seen = 1;
+        return 0;
+    }
+    c->got_chunk = 1;
+    c->state = CALL_STREAMING;
+    c->last_chunk_ms = cl_llm__now(c->llm);
+    char err[200];
+    int rc = cl_llm_decode_chunk(&c->result, data, len, on_content_delta, c, err, sizeof err);
+    if (rc == CL_WIRE_UPSTREAM_ERROR || rc == CL_WIRE_MALFORMED || rc == CL_WIRE_NOMEM) {
+        c->fail_code = CL_ERR_LLM_ERROR + 1;
+        snprintf(c->fail_msg, sizeof c->fail_msg, "%s: %s",
+                 rc == CL_WIRE_UPSTREAM_ERROR ? "upstream error in stream" : "malformed upstream chunk",
+                 err);
+        return -1;
+    }
+    if (c->cancelled)
+        return -1;
+    if (c->cb.on_chunk)
+        c->cb.on_chunk(c->ud, data, len, &c->result);
+    return c->cancelled ? -1 : 0;
+}
+
+/* ---- curl transport -------------------------------------------------------- */
+
+static int sse_event(void *ud, const char *event, const char *data, size_t len)
+{
+    cl_llm_call *c = ud;
+    if (strcmp(event, "error") == 0) {
+        c->fail_code = CL_ERR_LLM_ERROR + 1;
+        snprintf(c->fail_msg, sizeof c->fail_msg, "upstream error event: %.*s",
+                 (int)(len < 200 ? len : 200), data);
+        return -1;
+    }
+    return cl_llm__on_event(c, data, len) == 0 ? 0 : -1;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    cl_llm_call *c = ud;
+    size_t len = size * n;
+    if (len > 5 && strncmp(p, "HTTP/", 5) == 0) {
+        c->retry_after_s = 0; /* a new response (after 100 or a redirect) */
+        return len;
+    }
+    if (len > 12 && strncasecmp(p, "retry-after:", 12) == 0) {
+        char v[32];
+        size_t vl = len - 12 < sizeof v - 1 ? len - 12 : sizeof v - 1;
+        memcpy(v, p + 12, vl);
+        v[vl] = '\0';
+        char *end;
+        double s = strtod(v, &end);
+        /* seconds (Groq sends fractions); an HTTP date falls back to backoff */
+        if (end != v && s > 0 && isfinite(s))
+            c->retry_after_s = s;
+    }
+    return len;
+}
+
+static size_t on_write(char *p, size_t size, size_t n, void *ud)
+{
+    cl_llm_call *c = ud;
+    size_t len = size * n;
+    if (c->cancelled)
+        return CURL_WRITEFUNC_ERROR;
+    if (!c->http_status)
+        curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->http_status);
+    if (c->http_status < 200 || c->http_status > 299) {
+        /* keep the error body (bounded) for the message and the relay */
+        size_t room = MAX_ERROR_BODY - c->resp.len;
+        cl_buf_append(&c->resp, p, len < room ? len : room);
+        return len;
+    }
+    if (!c->stream) {
+        if (cl_buf_append(&c->resp, p, len) != 0) {
+            c->fail_code = CL_ERR_LLM_ERROR + 1;
+            snprintf(c->fail_msg, sizeof c->fail_msg, "upstream completion larger than %d bytes",
+                     MAX_COMPLETION_BODY);
+            return CURL_WRITEFUNC_ERROR;
+        }
+        return len;
+    }
+    c->in_curl_cb = 1;
+    int rc = cl_sse_feed(&c->sse, p, len, sse_event, c);
+    c->in_curl_cb = 0;
+    if (rc == CL_SSE_ERR_LINE_TOO_LONG || rc == CL_SSE_ERR_NOMEM) {
+        c->fail_code = CL_ERR_LLM_ERROR + 1;
+        snprintf(c->fail_msg, sizeof c->fail_msg, "upstream sent an SSE line over %d bytes",
+                 SSE_MAX_LINE);
+    }
+    if (rc != 0 || c->cancelled)
+        return CURL_WRITEFUNC_ERROR;
+    return len;
+}
+
+static void error_message(cl_llm_call *c, char *out, size_t outlen)
+{
+    char msg[200] = "", type[64] = "", code[64] = "";
+    cl_llm_decode_error(c->resp.data ? c->resp.data : "", c->resp.len, msg, sizeof msg, type,
+                        sizeof type, code, sizeof code);
+    snprintf(out, outlen, "upstream answered %ld%s%s", c->http_status, msg[0] ? ": " : "", msg);
+}
+
+static void on_transfer_done(CURL *easy, CURLcode rc, void *ud)
+{
+    cl_llm_call *c = ud;
+    (void)easy;
+    if (c->cancelled) {
+        call_release(c);
+        return;
+    }
+    if (!c->http_status)
+        curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->http_status);
+    long status = c->http_status;
+    char msg[320];
+    if (c->fail_code) {
+        stop_transfer(c);
+        cl_llm__fail(c, (cl_err_code)(c->fail_code - 1), c->fail_msg, (int)status, NULL);
+        return;
+    }
+    if (rc != CURLE_OK && !(status >= 300 && rc == CURLE_WRITE_ERROR)) {
+        int connect_phase = status == 0;
+        if (!c->got_chunk && retryable_curl(rc) && schedule_retry(c))
+            return;
+        if (c->got_chunk)
+            snprintf(msg, sizeof msg, "upstream stream broke off: %s", curl_easy_strerror(rc));
+        else
+            snprintf(msg, sizeof msg, "upstream request failed: %s", curl_easy_strerror(rc));
+        stop_transfer(c);
+        cl_llm__fail(c, rc == CURLE_OPERATION_TIMEDOUT && connect_phase ? CL_ERR_LLM_TIMEOUT
+                                                                        : CL_ERR_LLM_ERROR,
+                     msg, (int)status, NULL);
+        return;
+    }
+    if (status < 200 || status > 299) {
+        if (retryable_status(status) && schedule_retry(c))
+            return;
+        error_message(c, msg, sizeof msg);
+        const char *body = cl_buf_cstr(&c->resp);
+        stop_transfer(c);
+        cl_llm__fail(c, CL_ERR_LLM_ERROR, msg, (int)status, body);
+        return;
+    }
+    if (c->stream) {
+        if (!c->done_seen && !c->result.finish_reason[0]) {
+            stop_transfer(c);
+            cl_llm__fail(c, CL_ERR_LLM_ERROR, "upstream stream ended without [DONE]", (int)status,
+                         NULL);
+            return;
+        }
+        stop_transfer(c);
+        cl_llm__finish_ok(c, NULL, 0);
+        return;
+    }
+    char err[200];
+    int drc = cl_llm_decode_completion(&c->result, c->resp.data ? c->resp.data : "", c->resp.len,
+                                       err, sizeof err);
+    if (drc != CL_WIRE_OK) {
+        snprintf(msg, sizeof msg, "malformed upstream completion: %s", err);
+        stop_transfer(c);
+        cl_llm__fail(c, CL_ERR_LLM_ERROR, msg, (int)status, NULL);
+        return;
+    }
+    stop_transfer(c);
+    /* The body stays alive in c->resp until release, after on_done returns. */
+    cl_llm__finish_ok(c, c->resp.data, c->resp.len);
+}
+
+static int curl_start(cl_llm_call *c)
+{
+    cl_llm *llm = c->llm;
+    const cl_config *cfg = llm->cfg;
+    c->easy = curl_easy_init();
+    if (!c->easy)
+        return -1;
+    c->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    c->headers = curl_slist_append(c->headers, c->stream ? "Accept: text/event-stream"
+                                                         : "Accept: application/json");
+    if (llm->auth_header)
+        c->headers = curl_slist_append(c->headers, llm->auth_header);
+    c->headers = curl_slist_append(c->headers, "User-Agent: chatloop");
+    /* Each answer is a fresh request: no 100-continue round trip. */
+    c->headers = curl_slist_append(c->headers, "Expect:");
+    if (!c->headers)
+        return -1;
+    CURL *e = c->easy;
+    curl_easy_setopt(e, CURLOPT_URL, llm->chat_url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(c->body));
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    return cl_curl_loop_add(llm->curl, e, on_transfer_done, c);
+}
+
+/* ---- attempts ---------------------------------------------------------------- */
+
+static void start_attempt(cl_llm_call *c)
+{
+    cl_llm *llm = c->llm;
+    c->state = CALL_REQUESTING;
+    c->attempt_ms = cl_llm__now(llm);
+    c->http_status = 0;
+    c->retry_after_s = 0;
+    c->done_seen = 0;
+    json_object_set_new(c->request, "model", json_string(c->models[c->model_idx]));
+    arm_timeout(c);
+    if (llm->provider == CL_PROVIDER_MOCK) {
+        cl_llm__mock_start(c);
+        return;
+    }
+    free(c->body);
+    c->body = json_dumps(c->request, JSON_COMPACT);
+    if (!c->body || curl_start(c) != 0) {
+        stop_transfer(c);
+        cl_llm__fail(c, CL_ERR_PROCESSING_ERROR, "cannot start the upstream request", 0, NULL);
+    }
+}
+
+static int add_model(cl_llm_call *c, const char *m, size_t len)
+{
+    if (len == 0)
+        return 0;
+    for (int i = 0; i < c->nmodels; i++)
+        if (strlen(c->models[i]) == len && strncmp(c->models[i], m, len) == 0)
+            return 0;
+    char **p = realloc(c->models, (size_t)(c->nmodels + 1) * sizeof *p);
+    if (!p)
+        return -1;
+    c->models = p;
+    c->models[c->nmodels] = strndup(m, len);
+    if (!c->models[c->nmodels])
+        return -1;
+    c->nmodels++;
+    return 0;
+}
+
+cl_llm_call *cl_llm_start(cl_llm *llm, json_t *request, const cl_llm_callbacks *cb, void *ud)
+{
+    const cl_config *cfg = llm->cfg;
+    cl_llm_call *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->llm = llm;
+    c->cb = *cb;
+    c->ud = ud;
+    c->request = json_incref(request);
+    cl_sse_init(&c->sse, SSE_MAX_LINE);
+    cl_llm_result_init(&c->result);
+    cl_buf_init(&c->resp, MAX_COMPLETION_BODY);
+    uv_timer_init(llm->loop, &c->timer);
+    uv_timer_init(llm->loop, &c->mock_timer);
+    c->timer.data = c->mock_timer.data = c;
+    c->start_ms = cl_llm__now(llm);
+    c->next = llm->calls;
+    if (llm->calls)
+        llm->calls->prev = c;
+    llm->calls = c;
+    llm->active++;
+
+    c->stream = json_is_true(json_object_get(request, "stream"));
+    if (c->stream) {
+        json_t *so = json_object_get(request, "stream_options");
+        c->client_wants_usage = json_is_true(json_object_get(so, "include_usage"));
+        if (!json_is_object(so)) {
+            so = json_object();
+            json_object_set_new(request, "stream_options", so);
+        }
+        json_object_set_new(so, "include_usage", json_true());
+    }
+    const char *model = json_string_value(json_object_get(request, "model"));
+    if (!model || !*model)
+        model = cfg->model;
+    int rc = add_model(c, model, strlen(model));
+    for (const char *s = cfg->fallback_models; rc == 0 && s && *s;) {
+        const char *comma = strchr(s, ',');
+        size_t len = comma ? (size_t)(comma - s) : strlen(s);
+        while (len && isspace((unsigned char)*s)) {
+            s++;
+            len--;
+        }
+        while (len && isspace((unsigned char)s[len - 1]))
+            len--;
+        rc = add_model(c, s, len);
+        if (!comma)
+            break;
+        s = comma + 1;
+    }
+    if (rc != 0) {
+        c->state = CALL_FINISHED;
+        call_release(c);
+        return NULL;
+    }
+    start_attempt(c);
+    return c;
+}
+
+const char *cl_llm_call_model(const cl_llm_call *c)
+{
+    return c->models[c->model_idx];
+}
+
+/* ---- the provider context ------------------------------------------------- */
+
+static char *join_url(const char *base, const char *path)
+{
+    size_t bl = strlen(base);
+    while (bl && base[bl - 1] == '/')
+        bl--;
+    size_t pl = strlen(path);
+    char *u = malloc(bl + pl + 1);
+    if (!u)
+        return NULL;
+    memcpy(u, base, bl);
+    memcpy(u + bl, path, pl + 1);
+    return u;
+}
+
+cl_llm *cl_llm_new(uv_loop_t *loop, const cl_config *cfg)
+{
+    cl_llm *llm = calloc(1, sizeof *llm);
+    if (!llm)
+        return NULL;
+    llm->loop = loop;
+    llm->cfg = cfg;
+    /* Without a key there is nobody to call: the mock provider answers. */
+    llm->provider = cfg->api_key[0] ? cfg->provider : CL_PROVIDER_MOCK;
+    if (llm->provider == CL_PROVIDER_MOCK)
+        return llm;
+    llm->chat_url = join_url(cfg->base_url, "/chat/completions");
+    llm->models_url = join_url(cfg->base_url, "/models");
+    size_t hl = strlen(cfg->api_key) + 32;
+    llm->auth_header = malloc(hl);
+    llm->curl = cl_curl_loop_new(loop);
+    if (!llm->chat_url || !llm->models_url || !llm->auth_header || !llm->curl) {
+        cl_llm_free(llm);
+        return NULL;
+    }
+    snprintf(llm->auth_header, hl, "Authorization: Bearer %s", cfg->api_key);
+    return llm;
+}
+
+void cl_llm_free(cl_llm *llm)
+{
+    if (!llm)
+        return;
+    while (llm->calls) {
+        cl_llm_call *c = llm->calls;
+        c->cancelled = 1;
+        c->in_curl_cb = 0;
+        call_release(c);
+    }
+    if (llm->curl)
+        cl_curl_loop_free(llm->curl);
+    free(llm->chat_url);
+    free(llm->models_url);
+    if (llm->auth_header) {
+        /* the key should not outlive its use in freed heap memory */
+        memset(llm->auth_header, 0, strlen(llm->auth_header));
+        free(llm->auth_header);
+    }
+    free(llm);
+}
+
+int cl_llm_active(const cl_llm *llm)
+{
+    return llm->active;
+}
+
+const char *cl_llm_provider_name(const cl_llm *llm)
+{
+    switch (llm->provider) {
+    case CL_PROVIDER_GROQ: return "groq";
+    case CL_PROVIDER_OPENAI: return "openai";
+    default: return "mock";
+    }
+}

@@ -1,0 +1,89 @@
+/*
+ * llm_internal.h — the call object shared by the state machine (call.c) and
+ * the transports (curl in call.c, the built-in mock in mock.c). Not a public
+ * header: everything outside src/llm/ goes through chatloop/llm.h.
+ */
+#ifndef CHATLOOP_LLM_INTERNAL_H
+#define CHATLOOP_LLM_INTERNAL_H
+
+#include "chatloop/curl_loop.h"
+#include "chatloop/llm.h"
+#include "chatloop/sse.h"
+
+typedef enum {
+    CALL_WAIT_RETRY,    /* backing off before the next attempt */
+    CALL_REQUESTING,    /* request sent, no chunk yet */
+    CALL_STREAMING,     /* at least one chunk arrived: no more retries */
+    CALL_FINISHED,      /* final callback fired; tearing down */
+} call_state;
+
+struct cl_llm {
+    uv_loop_t *loop;
+    const cl_config *cfg;
+    cl_provider_kind provider;
+    cl_curl_loop *curl;             /* NULL for the mock provider */
+    char *chat_url;                 /* <base_url>/chat/completions */
+    char *models_url;               /* <base_url>/models */
+    char *auth_header;              /* "Authorization: Bearer ..." — secret, never logged */
+    cl_llm_call *calls;             /* every live call, for cl_llm_free */
+    int active;
+};
+
+struct cl_llm_call {
+    cl_llm *llm;
+    cl_llm_call *prev, *next;
+    json_t *request;
+    cl_llm_callbacks cb;
+    void *ud;
+    call_state state;
+    int stream;
+    int client_wants_usage;         /* stream_options.include_usage as the caller sent it */
+
+    char **models;                  /* the request's model, then fallback_models */
+    int nmodels, model_idx;
+    int attempt;                    /* retries done for the current model */
+
+    uv_timer_t timer;               /* timeouts and retry backoff */
+    uv_timer_t mock_timer;          /* the mock transport's pacing */
+    int pending_closes;
+    uint64_t start_ms, attempt_ms, last_chunk_ms;
+    int got_chunk;
+    int done_seen;                  /* "[DONE]" arrived */
+
+    /* curl transport */
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    long http_status;
+    double retry_after_s;           /* from the last answer's retry-after, or 0 */
+    int in_curl_cb;                 /* inside a curl write/header callback */
+    int cancelled;                  /* cl_llm_cancel ran: no more callbacks */
+    cl_buf resp;                    /* error body, or the non-streamed body */
+
+    /* a failure found inside a curl callback, reported when the transfer ends */
+    int fail_code;                  /* cl_err_code + 1, 0 = none */
+    char fail_msg[256];
+
+    /* mock transport */
+    int mock_i, mock_n, mock_prompt_tokens;
+    unsigned long mock_serial;
+
+    cl_sse_parser sse;
+    cl_llm_result result;
+};
+
+/* call.c, for the transports: one decoded event of the stream ("[DONE]"
+ * included). Returns 0, or -1 when the call failed or was cancelled. */
+int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len);
+/* The transport finished cleanly (stream ended / whole body decoded). */
+void cl_llm__finish_ok(cl_llm_call *c, const char *body, size_t len);
+void cl_llm__fail(cl_llm_call *c, cl_err_code code, const char *msg, int status,
+                  const char *body);
+uint64_t cl_llm__now(const cl_llm *llm);
+
+/* mock.c */
+void cl_llm__mock_start(cl_llm_call *c);
+void cl_llm__mock_stop(cl_llm_call *c);
+char *cl_llm__mock_models_json(const cl_config *cfg);
+
+#endif
