@@ -12,6 +12,11 @@
  * ends (cl_res_send / cl_res_end) or when the connection closes. A handler
  * that answers asynchronously must register `on_abort`, which fires if the
  * connection goes away first; after it returns the req is gone.
+ *
+ * cl_res_send and cl_res_end always end the request, even when the peer is
+ * already gone (nothing is written then): after either returns, the req is
+ * freed and on_abort will not fire. Exactly one of "the handler ends it" and
+ * "on_abort fires" happens to every dispatched request.
  */
 #ifndef CHATLOOP_HTTP_H
 #define CHATLOOP_HTTP_H
@@ -109,6 +114,8 @@ void cl_res_send(cl_req *r, int status, const char *content_type,
  *  connection is gone (stop producing; on_abort has fired or will). */
 int cl_res_start(cl_req *r, int status, const char *content_type, const char *extra_headers);
 int cl_res_write(cl_req *r, const void *data, size_t len);
+/** Writes several pieces as one body chunk (one chunk header for all). */
+int cl_res_writev(cl_req *r, const uv_buf_t *bufs, int n);
 void cl_res_end(cl_req *r);
 
 /** Standard reason phrase. */

@@ -44,9 +44,10 @@ typedef struct cl_llm cl_llm;           /* per-worker provider context */
 typedef struct cl_llm_call cl_llm_call;
 
 typedef struct cl_llm_callbacks {
-    /** Each SSE `data:` payload of a streamed answer, verbatim, before it is
-     *  decoded (the OpenAI-compatible relay forwards these). May be NULL. */
-    void (*on_chunk)(void *ud, const char *data, size_t len, const cl_llm_result *acc);
+    /** Each SSE `data:` payload of a streamed answer, verbatim (the
+     *  OpenAI-compatible relay forwards these). `usage_only` marks the
+     *  chunk with empty `choices` that carries only usage. May be NULL. */
+    void (*on_chunk)(void *ud, const char *data, size_t len, int usage_only);
     /** Each content delta of choice 0. May be NULL. */
     void (*on_content)(void *ud, const char *text, size_t len);
     /** Success. `res` holds the whole answer, tool calls, finish reason,

@@ -30,6 +30,7 @@ typedef struct cl_llm_usage {
     int64_t completion_tokens;
     int64_t total_tokens;
     int present;                    /* the upstream reported usage */
+    int estimated;                  /* not reported: estimated from the text (call.c) */
 } cl_llm_usage;
 
 typedef struct cl_llm_tool_call {

@@ -24,7 +24,6 @@ typedef struct relay {
     int stream;
     int client_wants_usage;
     int started;                /* the SSE head went out */
-    cl_buf frame;               /* one "data: ...\n\n" frame, reused */
 } relay;
 
 /* ---- OpenAI-format errors ------------------------------------------------------ */
@@ -114,7 +113,6 @@ static int validate(cl_req *r, json_t *body)
 
 static void relay_free(relay *rl)
 {
-    cl_buf_release(&rl->frame);
     free(rl);
 }
 
@@ -137,30 +135,23 @@ static int start_stream(relay *rl)
 
 static int write_frame(relay *rl, const char *data, size_t len)
 {
-    cl_buf *f = &rl->frame;
-    cl_buf_reset(f);
-    if (cl_buf_append(f, "data: ", 6) != 0 || cl_buf_append(f, data, len) != 0 ||
-        cl_buf_append(f, "\n\n", 2) != 0)
-        return -1;
-    return cl_res_write(rl->req, f->data, f->len);
+    uv_buf_t parts[3] = {
+        uv_buf_init("data: ", 6),
+        uv_buf_init((char *)data, (unsigned int)len),
+        uv_buf_init("\n\n", 2),
+    };
+    return cl_res_writev(rl->req, parts, 3);
 }
 
-/* A chunk with `"choices":[]` carries only usage: relayed only to clients
+/* The chunk with `"choices":[]` carries only usage: relayed only to clients
  * that asked for it (stream_options.include_usage), since clients that did
  * not ask may index choices[0] and fail on it. */
-static int usage_only(const char *data, size_t len)
-{
-    return memmem(data, len, "\"choices\":[]", 12) != NULL ||
-           memmem(data, len, "\"choices\": []", 13) != NULL;
-}
-
-static void on_chunk(void *ud, const char *data, size_t len, const cl_llm_result *acc)
+static void on_chunk(void *ud, const char *data, size_t len, int usage_only)
 {
     relay *rl = ud;
-    (void)acc;
     if (!rl->stream)
         return;
-    if (!rl->client_wants_usage && usage_only(data, len))
+    if (usage_only && !rl->client_wants_usage)
         return;
     if (start_stream(rl) != 0 || write_frame(rl, data, len) != 0) {
         /* the connection is gone; on_abort cancels the call */
@@ -285,7 +276,6 @@ static void chat_completions(cl_req *r)
     rl->stream = json_is_true(json_object_get(body, "stream"));
     rl->client_wants_usage =
         json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage"));
-    cl_buf_init(&rl->frame, 0);
     r->handler_data = rl;
     r->on_abort = relay_abort;
     rl->call = cl_llm_start(app->llm, body, &relay_callbacks, rl);

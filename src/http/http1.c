@@ -451,8 +451,16 @@ static void build_head(cl_req *r, cl_buf *b, int status, const char *content_typ
 void cl_res_send(cl_req *r, int status, const char *content_type, const char *extra,
                  const void *body, size_t len)
 {
-    if (r->started || r->ended)
+    if (r->ended)
         return;
+    if (r->started || r->conn->closing) {
+        /* Nothing more can be said on this response (a stream already began,
+         * or the peer is gone), but the request still ends here: the caller
+         * counts on the req being finished, and on_abort never firing. */
+        r->status = r->status ? r->status : status;
+        end_request(r);
+        return;
+    }
     cl_buf *b = scratch();
     build_head(r, b, status, content_type, extra, (long long)len, 0);
     r->started = 1;
@@ -484,28 +492,54 @@ int cl_res_start(cl_req *r, int status, const char *content_type, const char *ex
     return cl_conn_write(r->conn, b->data, b->len);
 }
 
-int cl_res_write(cl_req *r, const void *data, size_t len)
+int cl_res_writev(cl_req *r, const uv_buf_t *bufs, int n)
 {
     if (!r->started || r->ended || r->conn->closing)
         return -1;
+    size_t len = 0;
+    for (int i = 0; i < n; i++)
+        len += bufs[i].len;
     if (len == 0 || r->head_only)
         return 0;
     r->resp_bytes += len;
-    if (!r->chunked_response)
-        return cl_conn_write(r->conn, data, len);
-    char size[24];
-    int n = snprintf(size, sizeof size, "%zx\r\n", len);
-    if (cl_conn_write(r->conn, size, (size_t)n) != 0 || cl_conn_write(r->conn, data, len) != 0)
+    /* One chunk for all pieces: "<hex>\r\n" piece... "\r\n", written
+     * straight into the connection's output (no printf, no staging copy:
+     * this runs once per relayed token). */
+    char head[20];
+    size_t hl = 0;
+    if (r->chunked_response) {
+        char tmp[16];
+        size_t t = 0;
+        for (size_t v = len; v; v >>= 4)
+            tmp[t++] = "0123456789abcdef"[v & 15];
+        while (t)
+            head[hl++] = tmp[--t];
+        head[hl++] = '\r';
+        head[hl++] = '\n';
+    }
+    cl_conn *c = r->conn;
+    if (hl && cl_conn_write(c, head, hl) != 0)
         return -1;
-    return cl_conn_write(r->conn, "\r\n", 2);
+    for (int i = 0; i < n; i++)
+        if (bufs[i].len && cl_conn_write(c, bufs[i].base, bufs[i].len) != 0)
+            return -1;
+    return r->chunked_response ? cl_conn_write(c, "\r\n", 2) : 0;
+}
+
+int cl_res_write(cl_req *r, const void *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned int)len);
+    return cl_res_writev(r, &b, 1);
 }
 
 void cl_res_end(cl_req *r)
 {
-    if (!r->started || r->ended)
+    if (r->ended)
         return;
-    if (r->chunked_response && !r->head_only && !r->conn->closing)
+    if (r->started && r->chunked_response && !r->head_only && !r->conn->closing)
         cl_conn_write(r->conn, "0\r\n\r\n", 5);
+    if (!r->started && !r->status)
+        r->status = 499; /* ended before any answer: the client left (nginx's 499) */
     end_request(r);
 }
 
@@ -568,6 +602,11 @@ static void end_request(cl_req *r)
         cl_buf_init(&c->in, 0);
         proceed(c, held.data, held.len);
         cl_buf_release(&held);
+    } else if (c->in.len) {
+        /* Too much output still queued: pause, so http1_on_drained parses
+         * the held bytes once the client has read it (reading on now would
+         * put newer bytes ahead of them, or leave them waiting forever). */
+        c->proto_paused = 1;
     }
     if (!c->closing && !conn_req(c) && !c->proto_paused)
         cl_conn_read_start(c);
@@ -718,9 +757,16 @@ static void http1_on_data(cl_conn *c, const char *data, size_t len)
 {
     cl_req *r = conn_req(c);
     if ((r && r->dispatched) || c->proto_paused) {
-        /* Bytes that raced our read_stop within one read batch. */
+        /* Bytes that raced our read_stop within one read batch, or the
+         * next request arriving while an asynchronous answer is still
+         * being produced (reading stays on after a dispatch so that a
+         * client leaving is noticed). Hold them, but past a request
+         * head's worth stop reading until the answer ends: a client must
+         * not make us buffer without bound during a long stream. */
         if (cl_buf_append(&c->in, data, len) != 0)
             cl_conn_close(c);
+        else if (c->in.len >= c->w->cfg->max_header_bytes)
+            cl_conn_read_stop(c);
         return;
     }
     proceed(c, data, len);

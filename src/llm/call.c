@@ -44,11 +44,26 @@ static void on_call_closed(uv_handle_t *h)
     free(c);
 }
 
+CURL *cl_llm__easy_get(cl_llm *llm)
+{
+    return llm->nidle ? llm->idle_easy[--llm->nidle] : curl_easy_init();
+}
+
+void cl_llm__easy_put(cl_llm *llm, CURL *easy)
+{
+    if (llm->nidle < (int)(sizeof llm->idle_easy / sizeof llm->idle_easy[0])) {
+        curl_easy_reset(easy);
+        llm->idle_easy[llm->nidle++] = easy;
+    } else {
+        curl_easy_cleanup(easy);
+    }
+}
+
 static void stop_transfer(cl_llm_call *c)
 {
     if (c->easy) {
         cl_curl_loop_remove(c->llm->curl, c->easy);
-        curl_easy_cleanup(c->easy);
+        cl_llm__easy_put(c->llm, c->easy);
         c->easy = NULL;
     }
     curl_slist_free_all(c->headers);
@@ -96,11 +111,35 @@ void cl_llm_cancel(cl_llm_call *c)
 
 /* ---- final outcomes ------------------------------------------------------- */
 
+/* When the upstream reported no usage (cut short, or it never does), count
+ * what we can: about four characters a token for the prompt, and for the
+ * answer the larger of its characters / 4 and the chunks that carried it. */
+static void estimate_usage(cl_llm_call *c)
+{
+    cl_llm_usage *u = &c->result.usage;
+    if (u->present)
+        return;
+    size_t chars = 0, i;
+    json_t *m;
+    json_array_foreach(json_object_get(c->request, "messages"), i, m) {
+        const char *content = json_string_value(json_object_get(m, "content"));
+        if (content)
+            chars += strlen(content);
+    }
+    u->prompt_tokens = (int64_t)(chars / 4) + 1;
+    int64_t by_text = (int64_t)(c->result.content.len + 3) / 4;
+    int64_t by_chunks = c->result.chunks > 1 ? c->result.chunks - 1 : c->result.chunks;
+    u->completion_tokens = by_text > by_chunks ? by_text : by_chunks;
+    u->total_tokens = u->prompt_tokens + u->completion_tokens;
+    u->estimated = 1;
+}
+
 void cl_llm__fail(cl_llm_call *c, cl_err_code code, const char *msg, int status, const char *body)
 {
     if (c->state == CALL_FINISHED || c->cancelled)
         return;
     c->state = CALL_FINISHED;
+    estimate_usage(c);
     CL_DEBUG("llm call failed: %s (%s, upstream status %d)", msg, cl_err_name(code), status);
     if (c->cb.on_error)
         c->cb.on_error(c->ud, code, msg, status, body, &c->result);
@@ -112,6 +151,7 @@ void cl_llm__finish_ok(cl_llm_call *c, const char *body, size_t len)
     if (c->state == CALL_FINISHED || c->cancelled)
         return;
     c->state = CALL_FINISHED;
+    estimate_usage(c);
     if (c->cb.on_done)
         c->cb.on_done(c->ud, &c->result, body, len);
     call_release(c);
@@ -156,12 +196,6 @@ static int schedule_retry(cl_llm_call *c)
     const cl_config *cfg = c->llm->cfg;
     if (c->got_chunk)
         return 0;
-    stop_transfer(c);
-    cl_llm_result_free(&c->result);
-    cl_llm_result_init(&c->result);
-    cl_sse_free(&c->sse);
-    cl_sse_init(&c->sse, SSE_MAX_LINE);
-    cl_buf_release(&c->resp);
     uint64_t delay;
     if (c->attempt < cfg->retries) {
         c->attempt++;
@@ -187,6 +221,14 @@ static int schedule_retry(cl_llm_call *c)
     uint64_t now = cl_llm__now(c->llm);
     if (now + delay >= c->start_ms + cfg->turn_timeout_ms)
         return 0;
+    /* The failed attempt leaves nothing behind; its error body is only
+     * needed when there is no next attempt. */
+    stop_transfer(c);
+    cl_llm_result_free(&c->result);
+    cl_llm_result_init(&c->result);
+    cl_sse_free(&c->sse);
+    cl_sse_init(&c->sse, SSE_MAX_LINE);
+    cl_buf_release(&c->resp);
     c->state = CALL_WAIT_RETRY;
     uv_timer_start(&c->timer, on_retry_timer, delay, 0);
     return 1;
@@ -244,6 +286,59 @@ static void on_content_delta(void *ud, const char *text, size_t len)
         c->cb.on_content(c->ud, text, len);
 }
 
+/*
+ * A relay (no on_content) forwards chunks verbatim and needs from them only
+ * what is not plain content: model and id (first chunk), tool calls, the
+ * finish reason, usage and errors. A chunk that mentions none of those can
+ * skip the JSON parse — jansson costs microseconds per chunk, which is most
+ * of a relay's CPU. This is a filter, not a parser: it looks at the word
+ * after each '"' and sends anything that might matter (including content
+ * that merely contains one of these words) to jansson; the braces check
+ * sends anything that is not an object, like a truncated chunk, to the
+ * parser, which reports it as malformed. Glibc's memmem was tried first and
+ * cost more than the parse it saved.
+ */
+enum { SCAN_DECODE = 1, SCAN_USAGE_ONLY = 2 };
+
+static int scan_chunk(const char *d, size_t len)
+{
+    if (len < 2 || d[0] != '{' || d[len - 1] != '}')
+        return SCAN_DECODE;
+    int flags = 0;
+    const char *p = d, *end = d + len;
+    while ((p = memchr(p, '"', (size_t)(end - p))) != NULL) {
+        p++;
+        size_t left = (size_t)(end - p);
+#define IS(word) (left >= sizeof(word) - 1 && memcmp(p, word, sizeof(word) - 1) == 0)
+        switch (*p) {
+        case 'u':
+            if (IS("usage\""))
+                flags |= SCAN_DECODE;
+            break;
+        case 'e':
+            if (IS("error"))
+                flags |= SCAN_DECODE;
+            break;
+        case 't':
+            if (IS("tool_calls\""))
+                flags |= SCAN_DECODE;
+            break;
+        case 'f':
+            /* finish_reason with a value other than null */
+            if (IS("finish_reason\":") && !(left >= 19 && memcmp(p + 15, "null", 4) == 0) &&
+                !(left >= 20 && memcmp(p + 15, " null", 5) == 0))
+                flags |= SCAN_DECODE;
+            break;
+        case 'c':
+            if (IS("choices\":[]") || IS("choices\": []"))
+                flags |= SCAN_USAGE_ONLY | SCAN_DECODE;
+            break;
+        }
+#undef IS
+    }
+    return flags;
+}
+
 int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
 {
     if (c->cancelled || c->state == CALL_FINISHED)
@@ -255,6 +350,14 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
     c->got_chunk = 1;
     c->state = CALL_STREAMING;
     c->last_chunk_ms = cl_llm__now(c->llm);
+    int scan = scan_chunk(data, len);
+    if (!(scan & SCAN_DECODE) && !c->cb.on_content && c->result.chunks > 0) {
+        c->result.chunks++;
+        c->skipped_chunks++;
+        if (c->cb.on_chunk)
+            c->cb.on_chunk(c->ud, data, len, 0);
+        return c->cancelled ? -1 : 0;
+    }
     char err[200];
     int rc = cl_llm_decode_chunk(&c->result, data, len, on_content_delta, c, err, sizeof err);
     if (rc == CL_WIRE_UPSTREAM_ERROR || rc == CL_WIRE_MALFORMED || rc == CL_WIRE_NOMEM) {
@@ -267,7 +370,7 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
     if (c->cancelled)
         return -1;
     if (c->cb.on_chunk)
-        c->cb.on_chunk(c->ud, data, len, &c->result);
+        c->cb.on_chunk(c->ud, data, len, (scan & SCAN_USAGE_ONLY) != 0);
     return c->cancelled ? -1 : 0;
 }
 
@@ -420,7 +523,7 @@ static int curl_start(cl_llm_call *c)
 {
     cl_llm *llm = c->llm;
     const cl_config *cfg = llm->cfg;
-    c->easy = curl_easy_init();
+    c->easy = cl_llm__easy_get(llm);
     if (!c->easy)
         return -1;
     c->headers = curl_slist_append(NULL, "Content-Type: application/json");
@@ -607,6 +710,8 @@ void cl_llm_free(cl_llm *llm)
         c->in_curl_cb = 0;
         call_release(c);
     }
+    while (llm->nidle)
+        curl_easy_cleanup(llm->idle_easy[--llm->nidle]);
     if (llm->curl)
         cl_curl_loop_free(llm->curl);
     free(llm->chat_url);

@@ -27,6 +27,10 @@ struct cl_llm {
     char *auth_header;              /* "Authorization: Bearer ..." — secret, never logged */
     cl_llm_call *calls;             /* every live call, for cl_llm_free */
     int active;
+    /* Easy handles kept for reuse: curl_easy_reset keeps a handle's
+     * buffers, so a new request allocates (and faults in) nothing. */
+    CURL *idle_easy[64];
+    int nidle;
 };
 
 struct cl_llm_call {
@@ -70,6 +74,7 @@ struct cl_llm_call {
 
     cl_sse_parser sse;
     cl_llm_result result;
+    int64_t skipped_chunks;         /* relayed without a JSON parse (content only) */
 };
 
 /* call.c, for the transports: one decoded event of the stream ("[DONE]"
@@ -80,6 +85,10 @@ void cl_llm__finish_ok(cl_llm_call *c, const char *body, size_t len);
 void cl_llm__fail(cl_llm_call *c, cl_err_code code, const char *msg, int status,
                   const char *body);
 uint64_t cl_llm__now(const cl_llm *llm);
+
+/* call.c: a cleared easy handle from the pool (or a new one), and back. */
+CURL *cl_llm__easy_get(cl_llm *llm);
+void cl_llm__easy_put(cl_llm *llm, CURL *easy);
 
 /* mock.c */
 void cl_llm__mock_start(cl_llm_call *c);

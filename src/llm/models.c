@@ -33,7 +33,7 @@ static void get_release(cl_llm_get *g)
     g->finished = 1;
     if (g->easy) {
         cl_curl_loop_remove(g->llm->curl, g->easy);
-        curl_easy_cleanup(g->easy);
+        cl_llm__easy_put(g->llm, g->easy);
         g->easy = NULL;
     }
     curl_slist_free_all(g->headers);
@@ -102,7 +102,7 @@ cl_llm_get *cl_llm_models(cl_llm *llm, const char *api_key,
     const char *key = api_key ? api_key : llm->cfg->api_key;
     size_t hl = strlen(key) + 32;
     char *auth = malloc(hl);
-    g->easy = curl_easy_init();
+    g->easy = cl_llm__easy_get(llm);
     if (!auth || !g->easy)
         goto fail;
     snprintf(auth, hl, "Authorization: Bearer %s", key);
@@ -124,10 +124,6 @@ cl_llm_get *cl_llm_models(cl_llm *llm, const char *api_key,
     return g;
 fail:
     free(auth);
-    if (g->easy) {
-        curl_easy_cleanup(g->easy);
-        g->easy = NULL;
-    }
     get_release(g);
     return NULL;
 }
