@@ -7,6 +7,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 BUILD="${BUILD:-build}"
 export CHATLOOP_BIN="$here/$BUILD/chatloop"
+export CHATLOOP_MOCK_BIN="$here/$BUILD/chatloop-mock"
 passed=0
 failed=0
 log_dir="$(mktemp -d)"

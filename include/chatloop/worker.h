@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "chatloop/buf.h"
 #include "chatloop/config.h"
 #include "chatloop/metrics.h"
 
@@ -34,6 +35,9 @@ typedef struct cl_worker_hooks {
     /** Extra work the drain must wait for besides open connections
      *  (e.g. queued database writes): a count, 0 when done. */
     uint64_t (*pending_work)(cl_worker *w);
+    /** GET /health: append the program's fields (`,"provider":{...}`) and
+     *  return 0, or -1 when it is not ready (the answer is then 503). */
+    int (*health)(cl_worker *w, cl_buf *out);
 } cl_worker_hooks;
 
 #define CL_READ_BUF_SIZE (64 * 1024)

@@ -1,5 +1,6 @@
 /* app.c — chatloop's per-worker services and its route table. */
 #include "chatloop/app.h"
+#include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 #include "chatloop/routes.h"
 
@@ -57,7 +58,19 @@ static void app_stop(cl_worker *w)
     w->app = NULL;
 }
 
+static int app_health(cl_worker *w, cl_buf *out)
+{
+    cl_app *app = w->app;
+    cl_buf_append_str(out, ",\"provider\":{\"name\":");
+    cl_jsonw_cstr(out, app && app->llm ? cl_llm_provider_name(app->llm) : NULL);
+    cl_buf_append_str(out, ",\"model\":");
+    cl_jsonw_cstr(out, w->cfg->model);
+    cl_buf_append_char(out, '}');
+    return 0;
+}
+
 const cl_worker_hooks cl_app_hooks = {
+    .health = app_health,
     .build_routes = cl_routes_build,
     .on_start = app_start,
     .on_stop = app_stop,

@@ -1,6 +1,5 @@
 /* builtin.c — /health and /metrics. */
 #include "chatloop/api.h"
-#include "chatloop/app.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/metrics.h"
 #include "chatloop/routes.h"
@@ -27,24 +26,21 @@ static double now_unix(void)
  * their features; until then the server is ready when it answers. */
 static void health(cl_req *r)
 {
-    char body[512];
+    cl_worker *w = r->conn->w;
     double uptime = g_start_unix > 0 ? now_unix() - g_start_unix : 0;
-    cl_app *app = r->conn->w->app;
-    const char *provider = app && app->llm ? cl_llm_provider_name(app->llm) : "none";
-    int n = snprintf(body, sizeof body,
-                     "{\"status\":\"ok\",\"version\":\"%s\",\"uptime_s\":%.3f,"
-                     "\"worker\":%d,\"pid\":%d,\"provider\":{\"name\":\"%s\",\"model\":",
-                     CL_VERSION, uptime, r->conn->w->id, (int)getpid(), provider);
-    cl_buf extra;
-    cl_buf_init(&extra, 0);
-    cl_jsonw_cstr(&extra, r->conn->w->cfg->model);
-    cl_buf_append_str(&extra, "}}");
-    if (n > 0 && (size_t)n + extra.len < sizeof body) {
-        memcpy(body + n, extra.data, extra.len);
-        n += (int)extra.len;
-    }
-    cl_buf_release(&extra);
-    cl_res_send(r, 200, "application/json", "Cache-Control: no-store\r\n", body, (size_t)n);
+    cl_buf fields;
+    cl_buf_init(&fields, 0);
+    int ready = !(w->hooks && w->hooks->health) || w->hooks->health(w, &fields) == 0;
+    cl_buf b;
+    cl_buf_init(&b, 0);
+    cl_buf_printf(&b, "{\"status\":\"%s\",\"version\":\"%s\",\"uptime_s\":%.3f,\"worker\":%d,\"pid\":%d",
+                  ready ? "ok" : "degraded", CL_VERSION, uptime, w->id, (int)getpid());
+    cl_buf_append(&b, fields.data, fields.len);
+    cl_buf_append_char(&b, '}');
+    cl_res_send(r, ready ? 200 : 503, "application/json", "Cache-Control: no-store\r\n", b.data,
+                b.len);
+    cl_buf_release(&b);
+    cl_buf_release(&fields);
 }
 
 static void metrics(cl_req *r)
