@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Pass-through benchmark (issue 3's closing numbers): 100-token streams of
+# POST /v1/chat/completions at concurrency 50 and 256, upstream chatloop-mock
+# streaming as fast as it can, sent (a) straight to chatloop-mock, (b) through
+# chatloop (1 worker), (c) through nginx (1 worker, proxy_buffering off).
+# Reports streams/s, tokens/s, CPU microseconds per stream of the relay's
+# processes (utime+stime from /proc) and chatloop's peak RSS. Loopback only;
+# every process started here is stopped at the end.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+CHATLOOP_DEPS_BENCH=1 bash scripts/deps.sh
+make --no-print-directory >/dev/null
+DUR=${DUR:-10}
+TOKENS=100
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$tmp/nginx.pid" ] && kill "$(cat "$tmp/nginx.pid")" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+tck=$(getconf CLK_TCK)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1$2" >/dev/null && return 0; sleep 0.1; done; echo "nothing on $1" >&2; return 1; }
+ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+
+cat >"$tmp/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"model":"llama-3.3-70b-versatile","stream":true,"messages":[{"role":"user","content":"hello"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer gsk_fake_bench"
+LUA
+
+# row NAME PORT CONC PID... : one line of the table
+row() {
+  local name=$1 port=$2 conc=$3; shift 3
+  local t0 t1 out n rps errs
+  t0=$(ticks "$@")
+  out=$(wrk -t1 -c"$conc" -d"${DUR}s" -s "$tmp/post.lua" "http://127.0.0.1:$port/v1/chat/completions")
+  t1=$(ticks "$@")
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {printf "%s ", $0}')
+  awk -v n="$name" -v c="$conc" -v r="$rps" -v t="$TOKENS" -v cpu="$((t1 - t0))" -v q="$n" -v k="$tck" -v e="$errs" \
+    'BEGIN { printf "%-26s c=%-4s %9.0f streams/s %10.0f tokens/s %7.1f us CPU/stream %s\n", n, c, r, r * t, cpu * 1e6 / k / q, e }'
+}
+
+mport=$(free_port)
+./build/chatloop-mock --listen "127.0.0.1:$mport" --mock-tokens $TOKENS --mock-token-interval 0 \
+  --mock-first-token 0 --record 0 2>"$tmp/mock.log" &
+mock=$!; pids+=("$mock")
+wait_http "$mport" /health
+
+cport=$(free_port)
+GROQ_API_KEY=gsk_fake_bench ./build/chatloop --config conf/chatloop.conf --listen "127.0.0.1:$cport" \
+  --workers 1 --base-url "http://127.0.0.1:$mport/v1" --access-log off --log-level warn 2>"$tmp/chatloop.log" &
+sup=$!; pids+=("$sup")
+wait_http "$cport" /health
+worker=$(pgrep -P "$sup" | head -1)
+
+nport=$(free_port)
+cat >"$tmp/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  upstream mock { server 127.0.0.1:$mport; keepalive 512; }
+  server {
+    listen 127.0.0.1:$nport;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGX
+nginx -c "$tmp/nginx.conf" -p "$tmp" &
+pids+=($!)
+wait_http "$nport" /health
+nginx_worker=$(pgrep -P "$(cat "$tmp/nginx.pid")" | head -1)
+
+echo "100-token streams, wrk -t1 -d${DUR}s, $(nproc) cores, $(date -u +%F)"
+for c in 50 256; do
+  row "direct to chatloop-mock" "$mport" "$c" "$mock"
+  row "chatloop (1 worker)" "$cport" "$c" "$worker"
+  row "nginx (1 worker)" "$nport" "$c" "$nginx_worker"
+done
+echo "chatloop worker peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$worker/status")"
+grep -i 'restart' "$tmp/chatloop.log" && { echo "a chatloop worker died during the run" >&2; exit 1; } || true
