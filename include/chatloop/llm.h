@@ -77,7 +77,9 @@ const char *cl_llm_provider_name(const cl_llm *llm);
  * reasoning_effort, tools, tool_choice, ...); the call takes its own
  * reference. A missing model gets the configured one; `stream` in the
  * request chooses streaming; streaming calls always ask for usage
- * (stream_options.include_usage). Returns NULL only when out of memory.
+ * (stream_options.include_usage). Returns NULL when out of memory or when
+ * the request cannot even be started; no callback fires in that case, and
+ * none fires before cl_llm_start has returned.
  */
 cl_llm_call *cl_llm_start(cl_llm *llm, json_t *request, const cl_llm_callbacks *cb, void *ud);
 
@@ -87,6 +89,9 @@ void cl_llm_cancel(cl_llm_call *call);
 
 /** The model of the attempt in progress (changes on fallback). */
 const char *cl_llm_call_model(const cl_llm_call *call);
+
+/** The retry-after (seconds) of the call's last upstream answer, 0 if none. */
+double cl_llm_call_retry_after(const cl_llm_call *call);
 
 /**
  * GET <base_url>/models with `api_key` (NULL: the configured key).

@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <time.h>
 
 typedef struct relay {
@@ -228,13 +229,23 @@ static void on_error(void *ud, cl_err_code code, const char *message, int status
         relay_free(rl);
         return;
     }
-    /* Before any byte: the upstream's own client errors (400, 401, 404,
-     * 422, 429 after retries) go back as they were, so SDKs raise the
-     * same exception class; everything else is a gateway error. */
-    if (status >= 400 && status < 500 && upstream_body && upstream_body[0] == '{') {
+    /* Before any byte: the upstream's client errors about the request
+     * (400, 404, 422, 429 after retries) go back as they were, so SDKs
+     * raise the same exception class. A 401/403 is about chatloop's own
+     * upstream key, not the caller's: that is a gateway error, as is
+     * everything else. */
+    if (status >= 400 && status < 500 && status != 401 && status != 403 && upstream_body &&
+        upstream_body[0] == '{') {
         char extra[64] = "";
+        double ra = status == 429 ? cl_llm_call_retry_after(rl->call) : 0;
+        if (ra > 0)
+            snprintf(extra, sizeof extra, "Retry-After: %lld\r\n", (long long)ceil(ra));
         cl_res_send(r, status, "application/json", extra[0] ? extra : NULL, upstream_body,
                     strlen(upstream_body));
+    } else if (status == 401 || status == 403) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "the upstream refused chatloop's credentials (%s)", message);
+        openai_error(r, 502, error_type(code), msg, NULL, cl_err_name(code));
     } else {
         int st = code == CL_ERR_LLM_TIMEOUT ? 504 : code == CL_ERR_PROCESSING_ERROR ? 500 : 502;
         openai_error(r, st, error_type(code), message, NULL, cl_err_name(code));

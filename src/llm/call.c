@@ -244,7 +244,7 @@ static void on_timeout_timer(uv_timer_t *t)
     const cl_config *cfg = c->llm->cfg;
     uint64_t now = cl_llm__now(c->llm);
     uint64_t total = c->start_ms + cfg->turn_timeout_ms;
-    uint64_t phase = c->got_chunk ? c->last_chunk_ms + cfg->idle_chunk_timeout_ms
+    uint64_t phase = c->got_token ? c->last_chunk_ms + cfg->idle_chunk_timeout_ms
                                   : c->attempt_ms + cfg->first_token_timeout_ms;
     uint64_t due = phase < total ? phase : total;
     if (now < due) {
@@ -257,7 +257,7 @@ static void on_timeout_timer(uv_timer_t *t)
     if (due == total)
         snprintf(msg, sizeof msg, "the model did not finish within turn_timeout (%llums)",
                  (unsigned long long)cfg->turn_timeout_ms);
-    else if (c->got_chunk)
+    else if (c->got_token)
         snprintf(msg, sizeof msg, "the model sent nothing for idle_chunk_timeout (%llums)",
                  (unsigned long long)cfg->idle_chunk_timeout_ms);
     else
@@ -343,6 +343,15 @@ static int scan_chunk(const char *d, size_t len)
     return flags;
 }
 
+/* The opening chunk that only announces the assistant's role (content ""
+ * or absent, no tool call, no finish): not yet a token. */
+static int role_only(const char *d, size_t len)
+{
+    if (!memmem(d, len, "\"role\"", 6) || memmem(d, len, "tool_calls", 10))
+        return 0;
+    return memmem(d, len, "\"content\":\"\"", 12) != NULL || memmem(d, len, "\"content\"", 9) == NULL;
+}
+
 int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
 {
     if (c->cancelled || c->state == CALL_FINISHED)
@@ -354,6 +363,15 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
     c->got_chunk = 1;
     c->state = CALL_STREAMING;
     c->last_chunk_ms = cl_llm__now(c->llm);
+    if (!c->got_token && !(c->nchunks_attempt++ == 0 && role_only(data, len))) {
+        /* the first token: from now on the idle timeout applies, which may
+         * be due before the first-token timer would fire */
+        c->got_token = 1;
+        const cl_config *cfg = c->llm->cfg;
+        uint64_t ms = cfg->idle_chunk_timeout_ms;
+        uint64_t left = c->start_ms + cfg->turn_timeout_ms - c->last_chunk_ms;
+        uv_timer_start(&c->timer, on_timeout_timer, (left < ms ? left : ms) ? (left < ms ? left : ms) : 1, 0);
+    }
     int scan = scan_chunk(data, len);
     if (!(scan & SCAN_DECODE) && !c->cb.on_content) {
         c->result.chunks++;
@@ -553,7 +571,6 @@ static int curl_start(cl_llm_call *c)
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     return cl_curl_loop_add(llm->curl, e, on_transfer_done, c);
 }
 
@@ -567,6 +584,8 @@ static void start_attempt(cl_llm_call *c)
     c->http_status = 0;
     c->retry_after_s = 0;
     c->done_seen = 0;
+    c->got_token = 0;
+    c->nchunks_attempt = 0;
     json_object_set_new(c->request, "model", json_string(c->models[c->model_idx]));
     arm_timeout(c);
     if (llm->provider == CL_PROVIDER_MOCK) {
@@ -577,6 +596,12 @@ static void start_attempt(cl_llm_call *c)
     c->body = json_dumps(c->request, JSON_COMPACT);
     if (!c->body || curl_start(c) != 0) {
         stop_transfer(c);
+        if (c->in_start) {
+            /* inside cl_llm_start: it returns NULL; no callback may fire
+             * before the caller even has the call */
+            c->start_failed = 1;
+            return;
+        }
         cl_llm__fail(c, CL_ERR_PROCESSING_ERROR, "cannot start the upstream request", 0, NULL);
     }
 }
@@ -655,8 +680,20 @@ cl_llm_call *cl_llm_start(cl_llm *llm, json_t *request, const cl_llm_callbacks *
         call_release(c);
         return NULL;
     }
+    c->in_start = 1;
     start_attempt(c);
+    c->in_start = 0;
+    if (c->start_failed) {
+        c->state = CALL_FINISHED;
+        call_release(c);
+        return NULL;
+    }
     return c;
+}
+
+double cl_llm_call_retry_after(const cl_llm_call *c)
+{
+    return c ? c->retry_after_s : 0;
 }
 
 const char *cl_llm_call_model(const cl_llm_call *c)

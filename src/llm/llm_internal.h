@@ -52,7 +52,10 @@ struct cl_llm_call {
     int pending_closes;
     uint64_t start_ms, attempt_ms, last_chunk_ms;
     int got_chunk;
+    int got_token;                  /* a chunk beyond the role-only opening one */
+    int nchunks_attempt;
     int done_seen;                  /* "[DONE]" arrived */
+    int in_start, start_failed;     /* the first attempt runs inside cl_llm_start */
 
     /* curl transport */
     CURL *easy;
