@@ -61,6 +61,35 @@ typedef struct cl_llm_callbacks {
                      const char *upstream_body, const cl_llm_result *partial);
 } cl_llm_callbacks;
 
+/**
+ * Per-turn choices that override the configured defaults. Unset fields are
+ * marked by the `has_` flags (or NULL pointers); the turn (SSE, WebSocket)
+ * and /api/v1/llm/test build their requests with this.
+ */
+typedef struct cl_llm_params {
+    const char *model;              /* NULL: cfg->model */
+    int has_temperature;
+    double temperature;
+    int has_max_tokens;
+    int max_tokens;
+    int has_top_p;
+    double top_p;
+    const char *reasoning_effort;   /* NULL: cfg's ("" there means not sent) */
+    json_t *tools;                  /* an OpenAI tools array (borrowed), or NULL */
+    const char *tool_choice;        /* "auto", "none", "required", or NULL */
+    int stream;
+} cl_llm_params;
+
+/**
+ * Builds an OpenAI /chat/completions request object: `messages` (a JSON
+ * array, borrowed: the request takes its own reference), the model, and
+ * temperature / max_tokens / top_p / reasoning_effort from `p` or else from
+ * the configuration; tools and tool_choice when given; `stream` and, for
+ * streams, stream_options.include_usage. Returns a new reference, or NULL
+ * when out of memory.
+ */
+json_t *cl_llm_build_request(const cl_config *cfg, json_t *messages, const cl_llm_params *p);
+
 /** Creates the worker's provider context (a curl multi on `loop` for the
  *  network providers). NULL on failure. */
 cl_llm *cl_llm_new(uv_loop_t *loop, const cl_config *cfg);

@@ -208,8 +208,10 @@ static void llm_test(cl_req *r)
     if (!cl_auth_allow(r))
         return;
     probe *p = calloc(1, sizeof *p);
-    json_t *body = json_pack("{s:[{s:s,s:s}],s:i,s:b}", "messages", "role", "user", "content",
-                             "Reply with one word: pong", "max_tokens", 4, "stream", 0);
+    json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", "Reply with one word: pong");
+    cl_llm_params params = {.has_max_tokens = 1, .max_tokens = 4};
+    json_t *body = msgs ? cl_llm_build_request(r->conn->w->cfg, msgs, &params) : NULL;
+    json_decref(msgs);
     if (!p || !body) {
         free(p);
         json_decref(body);
