@@ -22,7 +22,7 @@ LDFLAGS += $(SANFLAGS)
 
 include third_party/llhttp.mk
 
-LIB_SRCS  := $(sort $(wildcard src/base/*.c src/net/*.c src/http/*.c src/llm/*.c src/api/*.c))
+LIB_SRCS  := $(sort $(wildcard src/base/*.c src/net/*.c src/http/*.c src/llm/*.c src/api/*.c src/auth/*.c src/db/*.c src/chat/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(LLHTTP_OBJS)
 MAIN_OBJ  := $(BUILD)/src/main.o
 MOCK_SRCS := $(sort $(wildcard src/mock/*.c))
@@ -65,7 +65,7 @@ asan: deps
 
 run: deps
 	@$(MAKE) --no-print-directory all
-	./$(BUILD)/chatloop --config conf/chatloop.conf
+	@BUILD=$(BUILD) bash scripts/run.sh
 
 # libFuzzer (clang): one target per parser that reads the network.
 FUZZ_SECONDS ?= 60

@@ -7,6 +7,7 @@
  */
 #include "chatloop/app.h"
 #include "chatloop/config.h"
+#include "chatloop/db.h"
 #include "chatloop/log.h"
 #include "chatloop/metrics.h"
 #include "chatloop/routes.h"
@@ -49,6 +50,7 @@ static void usage(FILE *out)
             "  --provider NAME      groq, openai or mock\n"
             "  --KEY VALUE          any configuration key, e.g. --max-body-bytes 2MiB\n"
             "  --check-config       print the effective configuration (secrets redacted) and exit\n"
+            "  --migrate            apply the database migrations to database_url and exit\n"
             "  --version            print the version and exit\n"
             "  --help               this text\n"
             "\n"
@@ -69,6 +71,7 @@ typedef struct cli {
     const char *config_path;
     int config_required;
     int check_config;
+    int migrate;
 } cli;
 
 /* Flags are applied after the file and the environment, so this runs twice:
@@ -87,6 +90,10 @@ static int parse_flags(int argc, char **argv, cli *o, cl_config *cfg, int apply,
         }
         if (strcmp(a, "--check-config") == 0) {
             o->check_config = 1;
+            continue;
+        }
+        if (strcmp(a, "--migrate") == 0) {
+            o->migrate = 1;
             continue;
         }
         if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
@@ -343,10 +350,22 @@ int main(int argc, char **argv)
         cl_config_free(&cfg);
         return 0;
     }
+    if (o.migrate) {
+        char err[1024];
+        int rc = cl_db_migrate(cfg.database_url, err, sizeof err);
+        if (rc != 0)
+            fprintf(stderr, "chatloop: %s\n", err);
+        cl_config_free(&cfg);
+        return rc == 0 ? 0 : 1;
+    }
     if (cfg.workers > MAX_WORKERS)
         cfg.workers = MAX_WORKERS;
     raise_fd_limit();
     cl_log_setup(cfg.log_level, cfg.log_format, "main");
+    if (cl_app_prepare(&cfg) != 0) {
+        cl_config_free(&cfg);
+        return 1;
+    }
 
     /* Fail now, with a clear message, if the address cannot be bound,
      * rather than in every worker. */

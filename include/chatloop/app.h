@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "chatloop/db.h"
 #include "chatloop/http.h"
 #include "chatloop/llm.h"
 #include "chatloop/worker.h"
@@ -16,24 +17,49 @@ typedef struct cl_models_cache cl_models_cache;
 typedef struct cl_app {
     cl_worker *w;
     cl_llm *llm;
+    cl_db *db;                  /* NULL when no database_url is configured */
     cl_models_cache *models;    /* GET /api/v1/models, cached 60 s (src/api/llm_routes.c) */
 } cl_app;
 
 extern const cl_worker_hooks cl_app_hooks;
 
+/**
+ * Once, in the supervisor before forking (src/api/startup.c): a random
+ * jwt_secret when none is set, the database migrations, and the local user
+ * of `auth = off`. Synchronous. Returns 0, or -1 after logging why.
+ */
+int cl_app_prepare(cl_config *cfg);
+
 /** The running worker's services (NULL outside a worker, e.g. unit tests). */
 cl_app *cl_app_current(void);
 
+/** The user every request acts as when auth = off (created at startup). */
+#define CL_LOCAL_USER_ID "00000000-0000-4000-8000-000000000001"
+
+typedef enum { CL_AUTH_ENVELOPE, CL_AUTH_OPENAI } cl_auth_style;
+
 /**
- * Authentication hook for the routes that need a caller: returns 1 when the
- * request may proceed. Users, API keys and JWTs arrive with their issue;
- * until then every caller is the single local user, as with `auth = off`.
- * Handlers call it first so the check lands in one place.
+ * Authenticates the caller from `Authorization: Bearer <JWT>` (HS256,
+ * jwt_secret), or takes the local user when auth = off. On success fills
+ * r->user_id and returns 1; otherwise answers 401 UNAUTHORIZED (in the
+ * envelope, or in OpenAI's error format) and returns 0. Synchronous: a JWT
+ * check is one HMAC.
  */
-int cl_auth_allow(cl_req *r);
+int cl_auth_check(cl_req *r, cl_auth_style style);
+
+/** Answers DB_UNAVAILABLE (503) and returns 0 when the database is down or
+ *  not configured; returns 1 otherwise. For handlers that need it. */
+int cl_db_require(cl_req *r);
+
+/** Maps a failed query to an answer: unavailable → 503 DB_UNAVAILABLE,
+ *  anything else → 500 PROCESSING_ERROR (logged). */
+void cl_db_error_reply(cl_req *r, const cl_db_res *res, const char *what);
 
 /* Route registration, one function per feature (src/api/). */
 int cl_openai_routes(cl_router *r);
+int cl_auth_routes(cl_router *r);
+int cl_conversation_routes(cl_router *r);
+int cl_chat_routes(cl_router *r);
 int cl_llm_routes(cl_router *r);
 void cl_models_cache_free(cl_models_cache *c);
 

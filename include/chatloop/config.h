@@ -44,6 +44,7 @@ typedef struct cl_config {
     /* database */
     char *database_url;
     int db_pool_size;
+    int db_write_queue;             /* durable writes held while the db is down */
 
     /* provider */
     cl_provider_kind provider;
@@ -85,6 +86,7 @@ typedef struct cl_config {
     cl_auth_mode auth;
     char *jwt_secret;               /* secret */
     uint64_t jwt_ttl_ms;
+    int kdf_iterations;             /* PBKDF2-SHA256 iterations for new hashes */
     int rate_limit_per_minute;
     char *cors_origins;             /* comma-separated allowlist, "" = none, "*" = any */
 

@@ -78,6 +78,8 @@ struct cl_req {
     uint64_t resp_bytes;
     char request_id[CL_REQUEST_ID_LEN + 1];
 
+    char user_id[37];               /* the authenticated caller (cl_auth_check), or "" */
+
     /** Fires when the connection closes before the response ends. */
     void (*on_abort)(cl_req *req);
     void *handler_data;

@@ -12,12 +12,6 @@ cl_app *cl_app_current(void)
     return w ? w->app : NULL;
 }
 
-int cl_auth_allow(cl_req *r)
-{
-    (void)r;
-    return 1;
-}
-
 static int app_start(cl_worker *w)
 {
     cl_app *app = calloc(1, sizeof *app);
@@ -28,6 +22,11 @@ static int app_start(cl_worker *w)
     app->llm = cl_llm_new(w->loop, w->cfg);
     if (!app->llm)
         return -1;
+    if (w->cfg->database_url[0]) {
+        app->db = cl_db_new(w->loop, w->cfg);
+        if (!app->db)
+            return -1;
+    }
     if (w->id == 0) {
         const cl_config *cfg = w->cfg;
         if (cl_llm_provider_name(app->llm)[0] == 'm' && cfg->provider != CL_PROVIDER_MOCK)
@@ -44,7 +43,11 @@ static int app_start(cl_worker *w)
 static uint64_t app_pending(cl_worker *w)
 {
     cl_app *app = w->app;
-    return app && app->llm ? (uint64_t)cl_llm_active(app->llm) : 0;
+    if (!app)
+        return 0;
+    /* Graceful shutdown waits for calls still running and for the writes
+     * queued while the database was away (bounded by drain_timeout). */
+    return (app->llm ? (uint64_t)cl_llm_active(app->llm) : 0) + cl_db_pending_durable(app->db);
 }
 
 static void app_stop(cl_worker *w)
@@ -54,6 +57,10 @@ static void app_stop(cl_worker *w)
         return;
     cl_models_cache_free(app->models);
     cl_llm_free(app->llm);
+    if (app->db && cl_db_pending_durable(app->db))
+        CL_ERROR("stopping with %llu database write(s) not stored",
+                 (unsigned long long)cl_db_pending_durable(app->db));
+    cl_db_free(app->db);
     free(app);
     w->app = NULL;
 }
@@ -66,7 +73,14 @@ static int app_health(cl_worker *w, cl_buf *out)
     cl_buf_append_str(out, ",\"model\":");
     cl_jsonw_cstr(out, w->cfg->model);
     cl_buf_append_char(out, '}');
-    return 0;
+    if (!app || !app->db) {
+        cl_buf_append_str(out, ",\"db\":{\"status\":\"not_configured\"}");
+        return 0;
+    }
+    int up = cl_db_available(app->db);
+    cl_buf_printf(out, ",\"db\":{\"status\":\"%s\",\"pending_writes\":%llu}", up ? "ok" : "down",
+                  (unsigned long long)cl_db_pending_durable(app->db));
+    return up ? 0 : -1;
 }
 
 const cl_worker_hooks cl_app_hooks = {

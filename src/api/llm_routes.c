@@ -123,7 +123,7 @@ static void models_fetched(void *ud, int status, const char *body, size_t len)
 
 static void api_models(cl_req *r)
 {
-    if (!cl_auth_allow(r))
+    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
         return;
     cl_app *app = cl_app_current();
     if (!app->models && !(app->models = calloc(1, sizeof *app->models))) {
@@ -205,7 +205,7 @@ static const cl_llm_callbacks probe_callbacks = {.on_done = probe_done, .on_erro
 
 static void llm_test(cl_req *r)
 {
-    if (!cl_auth_allow(r))
+    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
         return;
     probe *p = calloc(1, sizeof *p);
     json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", "Reply with one word: pong");
@@ -267,7 +267,7 @@ static void verify_done(void *ud, int status, const char *body, size_t len)
 
 static void verify_key(cl_req *r)
 {
-    if (!cl_auth_allow(r))
+    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
         return;
     json_error_t jerr;
     json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);

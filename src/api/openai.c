@@ -261,7 +261,7 @@ static const cl_llm_callbacks relay_callbacks = {
 
 static void chat_completions(cl_req *r)
 {
-    if (!cl_auth_allow(r))
+    if (!cl_auth_check(r, CL_AUTH_OPENAI))
         return;
     cl_app *app = cl_app_current();
     json_error_t jerr;
@@ -329,7 +329,7 @@ static void models_done(void *ud, int status, const char *body, size_t len)
 
 static void models(cl_req *r)
 {
-    if (!cl_auth_allow(r))
+    if (!cl_auth_check(r, CL_AUTH_OPENAI))
         return;
     models_req *m = calloc(1, sizeof *m);
     if (!m) {

@@ -89,6 +89,8 @@ static const key_desc keys[] = {
     { "database_url", T_STR, FIELD(database_url, char *), "", 0, 0, NULL, SECRET_URL,
       "PostgreSQL connection URL (also read from DATABASE_URL)" },
     K_INT(db_pool_size, "4", 1, 64, "database connections per worker"),
+    K_INT(db_write_queue, "10000", 1, 10000000,
+          "writes held per worker while the database is down; past it a turn fails"),
 
     /* provider */
     K_ENUM(provider, cl_provider_kind, "groq", provider_choices,
@@ -133,6 +135,8 @@ static const key_desc keys[] = {
     K_ENUM(auth, cl_auth_mode, "required", auth_choices, "required or off"),
     K_SECRET(jwt_secret, "HMAC key for session tokens; never logged"),
     K_DUR(jwt_ttl, "24h", "session token lifetime"),
+    K_INT(kdf_iterations, "600000", 1000, 100000000,
+          "PBKDF2-SHA256 iterations for new password hashes"),
     K_INT(rate_limit_per_minute, "60", 0, 1000000, "requests per minute per client; 0 is off"),
     K_STR(cors_origins, "", "comma-separated allowed origins; empty is none, * is any"),
 

@@ -167,7 +167,9 @@ export async function startServer(opts = {}, { env = {}, readyMs = 10000, config
   s.port = await freePort();
   s.config = path.join(s.tmp, 'chatloop.conf');
   writeFileSync(s.config, config);
-  const all = { workers: 1, debugRoutes: 'on', logLevel: 'warn', ...opts };
+  // auth off unless a test asks: most tests are about other things; the auth
+  // tests pass {auth: 'required', jwtSecret: ...}.
+  const all = { workers: 1, debugRoutes: 'on', logLevel: 'warn', auth: 'off', ...opts };
   s.args = ['--config', s.config, '--listen', `${HOST}:${s.port}`, ...optsToArgs(all)];
   const child = spawn(BIN, s.args, {
     cwd: s.tmp,

@@ -1,0 +1,75 @@
+/**
+ * turn.h — one chat turn: the state machine shared by every transport
+ * (REST, SSE now; WebSocket next).
+ *
+ *   LOADING ──history──> GENERATING ──done──> FINISHED
+ *      │                     │  (tokens to the sink as they arrive)
+ *      └───── error ─────────┴──> FINISHED (sink->on_error)
+ *   any state ──cl_turn_cancel──> FINISHED, persisted as cancelled
+ *
+ * LOADING is one statement: it checks the conversation belongs to the
+ * caller (or creates the session-keyed one) and reads the last
+ * history_messages messages. GENERATING starts the provider call and, at the
+ * same time, the durable insert of the user message: the first token never
+ * waits on that write. When the answer ends — complete, failed or cancelled
+ * — one durable statement stores the assistant message (status complete |
+ * error | cancelled, with what streamed) and the usage event, keyed by ids
+ * made here, so a write replayed after a database outage is stored once.
+ *
+ * The sink's callbacks fire on the loop; after on_done or on_error (each at
+ * most once, one of them exactly once unless cancelled) the turn frees
+ * itself. cl_turn_cancel stops everything at once and fires nothing.
+ */
+#ifndef CHATLOOP_TURN_H
+#define CHATLOOP_TURN_H
+
+#include <jansson.h>
+
+#include "chatloop/api.h"
+#include "chatloop/app.h"
+#include "chatloop/llm.h"
+
+typedef struct cl_turn cl_turn;
+
+typedef struct cl_turn_sink {
+    /** History loaded, generation starting: ids for `start` events. */
+    void (*on_start)(void *ud, const char *conversation_id, const char *message_id);
+    /** One content delta. */
+    void (*on_token)(void *ud, const char *text, size_t len);
+    /** The answer is complete; `data_json` is the SPEC §3 object
+     *  {response, model_used, message_id, conversation_id, usage,
+     *  documents_retrieved, tool_calls}. */
+    void (*on_done)(void *ud, const char *data_json);
+    /** The turn failed (before or during generation). */
+    void (*on_error)(void *ud, cl_err_code code, const char *message);
+} cl_turn_sink;
+
+typedef struct cl_turn_input {
+    const char *user_id;
+    const char *conversation_id;    /* this conversation ... */
+    const char *session_key;        /* ... or the one keyed by this (created on first use) */
+    const char *message;            /* the user's new message */
+    cl_llm_params params;           /* per-turn overrides (stream is ignored: always streamed upstream) */
+} cl_turn_input;
+
+/**
+ * Starts a turn. Copies what it needs from `in`. Returns NULL only when out
+ * of memory (nothing fires then). The sink never fires before this returns.
+ */
+cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink *sink, void *ud);
+
+/** The client is gone or asked to stop: the upstream transfer is dropped in
+ *  this loop iteration, the partial answer is stored as cancelled, and the
+ *  sink hears nothing more. NULL is ignored. */
+void cl_turn_cancel(cl_turn *t);
+
+/**
+ * Validates a turn request body (SPEC §3: message, stream?, model?,
+ * temperature?, max_tokens?, top_p?, reasoning_effort?, k?, collection?,
+ * tools?) into `in` (pointers into `body`, which must outlive `in`).
+ * Returns 0, or -1 with `field` and `why` describing the first problem.
+ */
+int cl_turn_parse_input(json_t *body, const cl_config *cfg, cl_turn_input *in, int *stream,
+                        const char **field, char *why, size_t whylen);
+
+#endif

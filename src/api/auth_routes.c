@@ -1,0 +1,377 @@
+/*
+ * auth_routes.c — accounts and sessions (SPEC §3, §8):
+ *   POST /api/v1/auth/register  {email, password} → 201 {user_id, email}
+ *   POST /api/v1/auth/login     {email, password} → 200 {access_token,
+ *                               token_type:"bearer", expires_in, user_id}
+ *
+ * Both are asynchronous in two steps, neither on the loop's time:
+ *   register: validate → hash (threadpool) → INSERT ... ON CONFLICT DO NOTHING
+ *   login:    validate → SELECT by lower(email) → verify (threadpool) → sign
+ * One op struct per request holds whichever step is pending; on_abort
+ * cancels that step and frees the op, and no step touches the req after.
+ *
+ * Emails are stored as given and matched case-insensitively (the unique
+ * index is on lower(email)), so "A@x.io" and "a@x.io" are one account.
+ *
+ * Passwords and tokens are never logged. The op's copy of a login password
+ * is wiped when the op is freed; the hashing jobs wipe their own copies.
+ */
+#include "chatloop/api.h"
+#include "chatloop/app.h"
+#include "chatloop/auth.h"
+#include "chatloop/jsonw.h"
+#include "chatloop/log.h"
+#include "chatloop/router.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define EMAIL_MIN 3
+#define EMAIL_MAX 254           /* RFC 5321's path limit, in octets */
+#define PASSWORD_MIN 8          /* characters (code points) */
+#define PASSWORD_MAX 1024
+
+typedef struct auth_op {
+    cl_req *req;
+    cl_password_job *job;       /* the pending KDF step, or NULL */
+    cl_db_query *q;             /* the pending query, or NULL */
+    char *password;             /* login only: kept for the verify step; wiped */
+    size_t password_len;
+    char email[EMAIL_MAX + 1];
+    char user_id[37];
+} auth_op;
+
+static void op_free(auth_op *op)
+{
+    if (!op)
+        return;
+    if (op->password) {
+        explicit_bzero(op->password, op->password_len);
+        free(op->password);
+    }
+    free(op);
+}
+
+static void op_abort(cl_req *r)
+{
+    auth_op *op = r->handler_data;
+    /* Both cancels guarantee the callback will not run; the KDF may still
+     * finish on its thread, and its job frees itself then. */
+    cl_password_cancel(op->job);
+    cl_db_cancel(op->q);
+    op_free(op);
+}
+
+/* Ends the op: the req is answered right after by the caller. */
+static cl_req *op_finish(auth_op *op)
+{
+    cl_req *r = op->req;
+    r->on_abort = NULL;
+    r->handler_data = NULL;
+    op_free(op);
+    return r;
+}
+
+/* ---- input ------------------------------------------------------------------- */
+
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;    /* jansson has checked the UTF-8 */
+    return n;
+}
+
+static void field_error(cl_req *r, const char *field, const char *message)
+{
+    char details[64];
+    snprintf(details, sizeof details, "{\"field\":\"%s\"}", field);
+    cl_api_error(r, CL_ERR_INVALID_REQUEST, message, details, NULL);
+}
+
+/* Parses the body as a JSON object and takes email and password out of it.
+ * `strict` (register) applies the account rules; login only checks types
+ * and bounds, so a login never reveals what the rules are for an account
+ * that may not exist, and rules tightened later do not lock anyone out.
+ * Returns the parsed body (owning the strings) or NULL after answering. */
+static json_t *read_credentials(cl_req *r, int strict, const char **email, const char **password)
+{
+    json_error_t jerr;
+    json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
+    if (!body) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "invalid JSON in the request body at line %d column %d: %s",
+                 jerr.line, jerr.column, jerr.text);
+        cl_api_error(r, CL_ERR_INVALID_REQUEST, msg, NULL, NULL);
+        return NULL;
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        cl_api_error(r, CL_ERR_INVALID_REQUEST, "the request body must be a JSON object", NULL,
+                     NULL);
+        return NULL;
+    }
+    const char *e = json_string_value(json_object_get(body, "email"));
+    size_t elen = e ? strlen(e) : 0;
+    const char *at = e ? strrchr(e, '@') : NULL;
+    int bad = !e || elen < EMAIL_MIN || elen > EMAIL_MAX || !at || at == e || at[1] == '\0' ||
+              e[0] == '@';
+    for (size_t i = 0; !bad && i < elen; i++) {
+        unsigned char c = (unsigned char)e[i];
+        bad = c <= 0x20 || c == 0x7f;       /* spaces and control characters */
+    }
+    if (bad) {
+        json_decref(body);
+        field_error(r, "email",
+                    "'email' is required: a string of 3 to 254 characters with an '@' "
+                    "between its local part and domain, and no spaces or control characters");
+        return NULL;
+    }
+    const char *p = json_string_value(json_object_get(body, "password"));
+    size_t pchars = p ? utf8_chars(p) : 0;
+    if (!p || pchars > PASSWORD_MAX || (strict ? pchars < PASSWORD_MIN : pchars == 0)) {
+        json_decref(body);
+        field_error(r, "password",
+                    strict ? "'password' is required: a string of 8 to 1024 characters"
+                           : "'password' is required: a non-empty string of at most 1024 "
+                             "characters");
+        return NULL;
+    }
+    *email = e;
+    *password = p;
+    return body;
+}
+
+static auth_op *op_new(cl_req *r, const char *email)
+{
+    auth_op *op = calloc(1, sizeof *op);
+    if (!op) {
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+        return NULL;
+    }
+    op->req = r;
+    snprintf(op->email, sizeof op->email, "%s", email);   /* length checked: fits */
+    r->handler_data = op;
+    r->on_abort = op_abort;
+    return op;
+}
+
+/* ---- register -------------------------------------------------------------------- */
+
+static void register_inserted(void *ud, const cl_db_res *res)
+{
+    auth_op *op = ud;
+    op->q = NULL;
+    char email[EMAIL_MAX + 1], user_id[37] = "";
+    memcpy(email, op->email, sizeof email);
+    int found = res->ok && cl_db_rows(res) == 1 && cl_db_get(res, 0, 0);
+    if (found)
+        snprintf(user_id, sizeof user_id, "%s", cl_db_get(res, 0, 0));
+    cl_req *r = op_finish(op);
+    if (!res->ok) {
+        cl_db_error_reply(r, res, "register: insert user");
+        return;
+    }
+    if (!found) {
+        /* ON CONFLICT DO NOTHING returned no row: the lower(email) index
+         * (or, astronomically rarely, the fresh id) already exists. */
+        cl_api_error_status(r, 409, CL_ERR_INVALID_REQUEST, "email already registered",
+                            "{\"field\":\"email\"}", NULL);
+        return;
+    }
+    cl_buf b;
+    cl_buf_init(&b, 0);
+    cl_buf_append_str(&b, "{\"user_id\":");
+    cl_jsonw_cstr(&b, user_id);
+    cl_buf_append_str(&b, ",\"email\":");
+    cl_jsonw_cstr(&b, email);
+    cl_buf_append_char(&b, '}');
+    cl_api_ok(r, 201, "registered", cl_buf_cstr(&b));
+    cl_buf_release(&b);
+}
+
+static void register_hashed(void *ud, const char *encoded)
+{
+    auth_op *op = ud;
+    op->job = NULL;
+    if (!encoded) {
+        cl_req *r = op_finish(op);
+        CL_ERROR("register: password hashing failed");
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "could not hash the password", NULL, NULL);
+        return;
+    }
+    /* The id is made here rather than by a column default so the answer
+     * never depends on how the schema fills it. */
+    const char *params[3] = {op->user_id, op->email, encoded};
+    op->q = cl_db_exec(cl_app_current()->db,
+                       "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3) "
+                       "ON CONFLICT DO NOTHING RETURNING id",
+                       3, params, 0, register_inserted, op);
+    if (!op->q) {
+        cl_req *r = op_finish(op);
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+    }
+}
+
+static void auth_register(cl_req *r)
+{
+    const char *email, *password;
+    json_t *body = read_credentials(r, 1, &email, &password);
+    if (!body)
+        return;
+    /* Checked before hashing: no point burning a KDF run on a write that
+     * cannot happen. */
+    if (!cl_db_require(r)) {
+        json_decref(body);
+        return;
+    }
+    auth_op *op = op_new(r, email);
+    if (!op) {
+        json_decref(body);
+        return;
+    }
+    if (cl_uuid_v4(op->user_id) != 0) {
+        json_decref(body);
+        cl_api_error(op_finish(op), CL_ERR_PROCESSING_ERROR, "no randomness available", NULL,
+                     NULL);
+        return;
+    }
+    cl_app *app = cl_app_current();
+    op->job = cl_password_hash(app->w->loop, password, (uint32_t)app->w->cfg->kdf_iterations,
+                               register_hashed, op);
+    json_decref(body);
+    if (!op->job)
+        cl_api_error(op_finish(op), CL_ERR_PROCESSING_ERROR, "could not start hashing", NULL,
+                     NULL);
+}
+
+/* ---- login ------------------------------------------------------------------------- */
+
+/* What an unknown email is verified against, so that "no such user" costs
+ * the same KDF run as "wrong password" and timing does not reveal which
+ * emails have accounts. It needs no hashing to make: any well-formed
+ * encoding with the configured iteration count costs exactly that count to
+ * check, and an all-zero derived key is matched by no password in practice.
+ * (Accounts hashed under an older kdf_iterations still cost their own
+ * count; that difference is the operator's choice, not the caller's.) */
+static void dummy_hash(char out[CL_PASSWORD_HASH_MAX], int iterations)
+{
+    snprintf(out, CL_PASSWORD_HASH_MAX, "pbkdf2-sha256$%d$%s$%s", iterations,
+             "AAAAAAAAAAAAAAAAAAAAAA==",                        /* 16 zero bytes */
+             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");   /* 32 zero bytes */
+}
+
+static void login_verified(void *ud, int ok)
+{
+    auth_op *op = ud;
+    op->job = NULL;
+    char user_id[37];
+    memcpy(user_id, op->user_id, sizeof user_id);
+    cl_req *r = op_finish(op);
+    if (!ok || !user_id[0]) {
+        cl_api_error(r, CL_ERR_UNAUTHORIZED, "invalid email or password", NULL, NULL);
+        return;
+    }
+    const cl_config *cfg = cl_app_current()->w->cfg;
+    if (!cfg->jwt_secret || !cfg->jwt_secret[0]) {
+        CL_ERROR("login: no jwt_secret configured; cannot issue session tokens");
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "session tokens are not configured", NULL, NULL);
+        return;
+    }
+    int64_t ttl_s = (int64_t)(cfg->jwt_ttl_ms / 1000);
+    if (ttl_s < 1)
+        ttl_s = 1;
+    char *token = cl_jwt_sign(cfg->jwt_secret, strlen(cfg->jwt_secret), user_id,
+                              (int64_t)time(NULL), ttl_s);
+    if (!token) {
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "could not sign the token", NULL, NULL);
+        return;
+    }
+    cl_buf b;
+    cl_buf_init(&b, 0);
+    cl_buf_append_str(&b, "{\"access_token\":");
+    cl_jsonw_cstr(&b, token);
+    cl_buf_printf(&b, ",\"token_type\":\"bearer\",\"expires_in\":%lld,\"user_id\":",
+                  (long long)ttl_s);
+    cl_jsonw_cstr(&b, user_id);
+    cl_buf_append_char(&b, '}');
+    /* Responses are not logged by body, so the token stays out of the log. */
+    cl_api_ok(r, 200, "logged in", cl_buf_cstr(&b));
+    explicit_bzero(b.data, b.len);
+    cl_buf_release(&b);
+    explicit_bzero(token, strlen(token));
+    free(token);
+}
+
+static void login_found(void *ud, const cl_db_res *res)
+{
+    auth_op *op = ud;
+    op->q = NULL;
+    if (!res->ok) {
+        cl_db_error_reply(op_finish(op), res, "login: find user");
+        return;
+    }
+    const char *id = cl_db_rows(res) == 1 ? cl_db_get(res, 0, 0) : NULL;
+    const char *stored = id ? cl_db_get(res, 0, 1) : NULL;
+    char dummy[CL_PASSWORD_HASH_MAX];
+    if (id && stored) {
+        snprintf(op->user_id, sizeof op->user_id, "%s", id);
+    } else {
+        /* No such account (or one without a password, like the auth = off
+         * local user): same work, and login_verified refuses it because
+         * user_id stays empty even if the dummy somehow matched. */
+        op->user_id[0] = '\0';
+        dummy_hash(dummy, cl_app_current()->w->cfg->kdf_iterations);
+        stored = dummy;
+    }
+    op->job = cl_password_verify(cl_app_current()->w->loop, op->password, stored, login_verified,
+                                 op);
+    /* The job has its own copy now. */
+    explicit_bzero(op->password, op->password_len);
+    if (!op->job)
+        cl_api_error(op_finish(op), CL_ERR_PROCESSING_ERROR, "could not start verification",
+                     NULL, NULL);
+}
+
+static void auth_login(cl_req *r)
+{
+    const char *email, *password;
+    json_t *body = read_credentials(r, 0, &email, &password);
+    if (!body)
+        return;
+    if (!cl_db_require(r)) {
+        json_decref(body);
+        return;
+    }
+    auth_op *op = op_new(r, email);
+    if (!op) {
+        json_decref(body);
+        return;
+    }
+    op->password_len = strlen(password);
+    op->password = malloc(op->password_len + 1);
+    if (op->password)
+        memcpy(op->password, password, op->password_len + 1);
+    json_decref(body);
+    if (!op->password) {
+        cl_api_error(op_finish(op), CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+        return;
+    }
+    const char *params[1] = {op->email};
+    op->q = cl_db_exec(cl_app_current()->db,
+                       "SELECT id, password_hash FROM users WHERE lower(email) = lower($1) LIMIT 1",
+                       1, params, 0, login_found, op);
+    if (!op->q)
+        cl_api_error(op_finish(op), CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+}
+
+int cl_auth_routes(cl_router *r)
+{
+    int rc = 0;
+    rc |= cl_router_add(r, "POST", "/api/v1/auth/register", auth_register);
+    rc |= cl_router_add(r, "POST", "/api/v1/auth/login", auth_login);
+    return rc;
+}

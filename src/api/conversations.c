@@ -1,0 +1,581 @@
+/*
+ * conversations.c — the caller's conversations and usage (SPEC §3):
+ *   POST   /api/v1/conversations        {title?, agent_id?, system_prompt?, model?} → 201
+ *   GET    /api/v1/conversations        ?limit=1..100 (20) &before=<cursor>, newest first
+ *   GET    /api/v1/conversations/{id}   one conversation with its messages in order
+ *   DELETE /api/v1/conversations/{id}   it and (by cascade) its messages
+ *   GET    /api/v1/usage                ?days=1..366 (30): tokens per UTC day and model
+ * (The turn endpoints, .../{id}/messages and /api/v1/chat, are src/chat/.)
+ *
+ * Every handler is: authenticate → validate → cl_db_require → one query.
+ * Each query is a single statement scoped by user_id = the caller, so a
+ * row of another user is indistinguishable from a missing one: 404, never
+ * 403 (a 403 would confirm the id exists). A path id that is not a UUID is
+ * answered the same way — 404 — rather than 400: to the caller it names no
+ * conversation of theirs either, and one answer keeps the handlers simple
+ * (it also keeps PostgreSQL from ever seeing a bad ::uuid cast).
+ *
+ * The response data is built by PostgreSQL (row_to_json over a subselect,
+ * which keeps column order and writes compact JSON) and passed through as text: one round trip, no per-column C code, and
+ * jsonb tool_calls arrive as JSON rather than as a string to re-parse.
+ * Timestamps are ISO 8601 in UTC with microseconds ("...T12:00:00.123456Z"),
+ * the same form the chat turn writes.
+ *
+ * Pagination cursor (`before`, `next_before`): "<updated_at as microseconds
+ * since the epoch>_<id>" — opaque to clients, URL-safe without escaping,
+ * and exact, so paging by (updated_at, id) never skips or repeats a row
+ * that has not moved. A conversation that receives a turn while a client
+ * pages moves to the front (updated_at is bumped), as newest-first implies.
+ */
+#include "chatloop/api.h"
+#include "chatloop/app.h"
+#include "chatloop/auth.h"
+#include "chatloop/log.h"
+#include "chatloop/router.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TITLE_MAX_CHARS 200
+#define SYSTEM_PROMPT_MAX_BYTES 32768
+#define MODEL_MAX_CHARS 128
+#define LIST_DEFAULT 20
+#define LIST_MAX 100
+#define USAGE_DEFAULT_DAYS 30
+#define USAGE_MAX_DAYS 366
+
+/* A timestamptz column as ISO 8601 UTC text (SQL fragment). */
+#define ISO(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+/* ---- one pending query per request --------------------------------------------- */
+
+typedef struct pending {
+    cl_req *req;
+    cl_db_query *q;
+    int limit;                  /* list: page size */
+    int has_agent;              /* create: an agent_id was given */
+    char id[37];                /* the path id, for answers that echo it */
+} pending;
+
+static void pending_abort(cl_req *r)
+{
+    pending *p = r->handler_data;
+    cl_db_cancel(p->q);         /* its callback will not run */
+    free(p);
+}
+
+/* Runs one query for r; `cb` gets the pending (with ->req still attached).
+ * Answers and returns NULL if the query cannot be queued. */
+static pending *run(cl_req *r, const char *sql, int n, const char *const *params, cl_db_cb cb)
+{
+    pending *p = calloc(1, sizeof *p);
+    if (!p) {
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+        return NULL;
+    }
+    p->req = r;
+    r->handler_data = p;
+    r->on_abort = pending_abort;
+    p->q = cl_db_exec(cl_app_current()->db, sql, n, params, 0, cb, p);
+    if (!p->q) {
+        r->on_abort = NULL;
+        r->handler_data = NULL;
+        free(p);
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+        return NULL;
+    }
+    return p;
+}
+
+/* Detaches the req from the finished query; the caller answers it. The
+ * pending itself is freed by the caller once it has read what it needs. */
+static cl_req *take(pending *p)
+{
+    cl_req *r = p->req;
+    r->on_abort = NULL;
+    r->handler_data = NULL;
+    p->q = NULL;
+    return r;
+}
+
+static void not_found(cl_req *r)
+{
+    cl_api_error(r, CL_ERR_NOT_FOUND, "conversation not found", NULL, NULL);
+}
+
+static void field_error(cl_req *r, const char *field, const char *message)
+{
+    char details[64];
+    snprintf(details, sizeof details, "{\"field\":\"%s\"}", field);
+    cl_api_error(r, CL_ERR_INVALID_REQUEST, message, details, NULL);
+}
+
+/* ---- input helpers --------------------------------------------------------------- */
+
+static int is_uuid(const char *s)
+{
+    if (strlen(s) != 36)
+        return 0;
+    for (int i = 0; i < 36; i++) {
+        char c = s[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-')
+                return 0;
+        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The {id} path parameter if it is a UUID; otherwise answers 404. */
+static int path_id(cl_req *r, char out[37])
+{
+    if (cl_req_param(r, "id", out, 37) != 0 || !is_uuid(out)) {
+        not_found(r);
+        return 0;
+    }
+    return 1;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The first `name=value` of the query string, percent-decoded (and '+' as
+ * space) into out. Returns 1 when found, 0 when absent, -1 when the value
+ * is malformed or does not fit. */
+static int query_param(const cl_req *r, const char *name, char *out, size_t outlen)
+{
+    size_t qlen = 0;
+    const char *q = cl_req_query(r, &qlen);
+    size_t nlen = strlen(name);
+    while (q && qlen) {
+        const char *amp = memchr(q, '&', qlen);
+        size_t plen = amp ? (size_t)(amp - q) : qlen;
+        if (plen > nlen && q[nlen] == '=' && memcmp(q, name, nlen) == 0) {
+            size_t o = 0;
+            for (size_t i = nlen + 1; i < plen; i++) {
+                char c = q[i];
+                if (c == '%') {
+                    int hi = i + 2 < plen ? hexval(q[i + 1]) : -1;
+                    int lo = hi >= 0 ? hexval(q[i + 2]) : -1;
+                    if (lo < 0)
+                        return -1;
+                    c = (char)(hi * 16 + lo);
+                    i += 2;
+                } else if (c == '+') {
+                    c = ' ';
+                }
+                if (c == '\0' || o + 1 >= outlen)
+                    return -1;
+                out[o++] = c;
+            }
+            out[o] = '\0';
+            return 1;
+        }
+        if (plen == nlen && memcmp(q, name, nlen) == 0) {   /* "name" or "name=" alone */
+            out[0] = '\0';
+            return 1;
+        }
+        if (!amp)
+            break;
+        qlen -= plen + 1;
+        q = amp + 1;
+    }
+    return 0;
+}
+
+/* A decimal in [min, max] from the query; `def` when absent. Returns the
+ * value, or -1 after answering 400 naming the parameter. */
+static long query_int(cl_req *r, const char *name, long def, long min, long max)
+{
+    char v[16];
+    int got = query_param(r, name, v, sizeof v);
+    if (got == 0)
+        return def;
+    long n = 0;
+    int ok = got == 1 && v[0] && strlen(v) <= 6;
+    for (const char *s = v; ok && *s; s++) {
+        ok = *s >= '0' && *s <= '9';
+        n = n * 10 + (*s - '0');
+    }
+    if (!ok || n < min || n > max) {
+        char msg[96], details[64];
+        snprintf(msg, sizeof msg, "'%s' must be an integer from %ld to %ld", name, min, max);
+        snprintf(details, sizeof details, "{\"field\":\"%s\"}", name);
+        cl_api_error(r, CL_ERR_INVALID_REQUEST, msg, details, NULL);
+        return -1;
+    }
+    return n;
+}
+
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;    /* jansson has checked the UTF-8 */
+    return n;
+}
+
+static int has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return 1;
+    return 0;
+}
+
+/* ---- POST /api/v1/conversations ----------------------------------------------------- */
+
+static void created(void *ud, const cl_db_res *res)
+{
+    pending *p = ud;
+    int has_agent = p->has_agent;
+    cl_req *r = take(p);
+    free(p);
+    if (!res->ok) {
+        /* 23503 with an agent: it was deleted between the check and the
+         * insert (without one, the caller's user row is gone: a 500). */
+        if (has_agent && strcmp(res->sqlstate, "23503") == 0)
+            field_error(r, "agent_id", "'agent_id' does not name one of your agents");
+        else
+            cl_db_error_reply(r, res, "create conversation");
+        return;
+    }
+    if (cl_db_rows(res) != 1) {
+        /* The insert's WHERE found no agent of this user with that id. */
+        field_error(r, "agent_id", "'agent_id' does not name one of your agents");
+        return;
+    }
+    cl_api_ok(r, 201, "conversation created", cl_db_get(res, 0, 0));
+}
+
+static const char SQL_CREATE[] =
+    "WITH c AS ("
+    " INSERT INTO conversations (id, user_id, title, agent_id, system_prompt, model)"
+    " SELECT $1::uuid, $2::uuid, $3::text, $4::uuid, $5::text, $6::text"
+    " WHERE $4::uuid IS NULL"
+    "  OR EXISTS (SELECT 1 FROM agents a WHERE a.id = $4::uuid AND a.user_id = $2::uuid)"
+    " RETURNING *)"
+    " SELECT row_to_json(x)::text FROM (SELECT c.id, c.title, c.agent_id, c.system_prompt,"
+    "  c.model, " ISO("c.created_at") " AS created_at, " ISO("c.updated_at") " AS updated_at"
+    "  FROM c) x";
+
+/* An optional string field: absent and null mean "not given" (*out NULL).
+ * Returns 0, or -1 after answering 400 naming the field. */
+static int opt_string(cl_req *r, json_t *body, const char *field, const char **out)
+{
+    json_t *v = json_object_get(body, field);
+    *out = NULL;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v)) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "'%s' must be a string", field);
+        field_error(r, field, msg);
+        return -1;
+    }
+    *out = json_string_value(v);
+    return 0;
+}
+
+static void conversation_create(cl_req *r)
+{
+    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
+        return;
+    /* An empty body is an empty object: every field is optional. */
+    json_t *body;
+    if (r->body.len == 0) {
+        body = json_object();
+    } else {
+        json_error_t jerr;
+        body = json_loadb(r->body.data, r->body.len, 0, &jerr);
+        if (!body) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "invalid JSON in the request body at line %d column %d: %s",
+                     jerr.line, jerr.column, jerr.text);
+            cl_api_error(r, CL_ERR_INVALID_REQUEST, msg, NULL, NULL);
+            return;
+        }
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        cl_api_error(r, CL_ERR_INVALID_REQUEST, "the request body must be a JSON object", NULL,
+                     NULL);
+        return;
+    }
+    const char *title, *agent_id, *system_prompt, *model;
+    if (opt_string(r, body, "title", &title) || opt_string(r, body, "agent_id", &agent_id) ||
+        opt_string(r, body, "system_prompt", &system_prompt) ||
+        opt_string(r, body, "model", &model))
+        goto done;
+    if (title && (utf8_chars(title) > TITLE_MAX_CHARS || has_control(title))) {
+        field_error(r, "title", "'title' must be at most 200 characters, without control characters");
+        goto done;
+    }
+    if (agent_id && !is_uuid(agent_id)) {
+        field_error(r, "agent_id", "'agent_id' must be a UUID");
+        goto done;
+    }
+    if (system_prompt && strlen(system_prompt) > SYSTEM_PROMPT_MAX_BYTES) {
+        field_error(r, "system_prompt", "'system_prompt' must be at most 32768 bytes");
+        goto done;
+    }
+    if (model && (!model[0] || utf8_chars(model) > MODEL_MAX_CHARS || has_control(model))) {
+        field_error(r, "model",
+                    "'model' must be a non-empty string of at most 128 characters, "
+                    "without control characters");
+        goto done;
+    }
+    if (!cl_db_require(r))
+        goto done;
+    /* The id is made here (not by the column default) so nothing about the
+     * answer depends on how the schema fills it. */
+    char id[37];
+    if (cl_uuid_v4(id) != 0) {
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "no randomness available", NULL, NULL);
+        goto done;
+    }
+    const char *params[6] = {id, r->user_id, title, agent_id, system_prompt, model};
+    pending *p = run(r, SQL_CREATE, 6, params, created);    /* the parameters are copied */
+    if (p)
+        p->has_agent = agent_id != NULL;
+done:
+    json_decref(body);
+}
+
+/* ---- GET /api/v1/conversations ---------------------------------------------------------- */
+
+/* Column 0: the item's JSON; column 1: its cursor. One row more than the
+ * page is asked for, to know whether another page follows. */
+static const char SQL_LIST[] =
+    "SELECT (SELECT row_to_json(x) FROM (SELECT c.id, c.title, c.agent_id, c.model,"
+    "   " ISO("c.created_at") " AS created_at, " ISO("c.updated_at") " AS updated_at,"
+    "   (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count) x)::text,"
+    " (extract(epoch FROM c.updated_at) * 1000000)::bigint::text || '_' || c.id::text"
+    " FROM conversations c"
+    " WHERE c.user_id = $1::uuid"
+    "  AND ($2::bigint IS NULL OR (c.updated_at, c.id) <"
+    /* microseconds → timestamptz in two exact steps (no float rounding) */
+    "   ('epoch'::timestamptz + ($2::bigint / 1000000) * interval '1 second'"
+    "    + ($2::bigint % 1000000) * interval '1 microsecond', $3::uuid))"
+    " ORDER BY c.updated_at DESC, c.id DESC"
+    " LIMIT $4::int";
+
+static void listed(void *ud, const cl_db_res *res)
+{
+    pending *p = ud;
+    int limit = p->limit;
+    cl_req *r = take(p);
+    free(p);
+    if (!res->ok) {
+        cl_db_error_reply(r, res, "list conversations");
+        return;
+    }
+    int n = cl_db_rows(res);
+    int shown = n > limit ? limit : n;
+    cl_buf b;
+    cl_buf_init(&b, 0);
+    cl_buf_append_str(&b, "{\"conversations\":[");
+    for (int i = 0; i < shown; i++) {
+        if (i)
+            cl_buf_append_char(&b, ',');
+        cl_buf_append_str(&b, cl_db_get(res, i, 0));
+    }
+    cl_buf_append_str(&b, "],\"next_before\":");
+    if (n > limit)      /* the cursor is digits, '_' and hex: no escaping needed */
+        cl_buf_printf(&b, "\"%s\"", cl_db_get(res, shown - 1, 1));
+    else
+        cl_buf_append_str(&b, "null");
+    cl_buf_append_char(&b, '}');
+    const char *data = cl_buf_cstr(&b);
+    if (data)
+        cl_api_ok(r, 200, "conversations", data);
+    else
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+    cl_buf_release(&b);
+}
+
+/* Splits "<digits>_<uuid>" into its parts. Returns 0, or -1 if malformed. */
+static int parse_cursor(char *s, char **us, char **id)
+{
+    char *sep = strchr(s, '_');
+    if (!sep || sep == s || sep - s > 17 || !is_uuid(sep + 1))
+        return -1;
+    for (char *d = s; d < sep; d++)
+        if (*d < '0' || *d > '9')
+            return -1;
+    *sep = '\0';
+    *us = s;
+    *id = sep + 1;
+    return 0;
+}
+
+static void conversation_list(cl_req *r)
+{
+    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
+        return;
+    long limit = query_int(r, "limit", LIST_DEFAULT, 1, LIST_MAX);
+    if (limit < 0)
+        return;
+    char cursor[80];
+    char *before_us = NULL, *before_id = NULL;
+    int got = query_param(r, "before", cursor, sizeof cursor);
+    if (got != 0 && (got < 0 || parse_cursor(cursor, &before_us, &before_id) != 0)) {
+        field_error(r, "before",
+                    "'before' must be a cursor from a previous page's next_before");
+        return;
+    }
+    if (!cl_db_require(r))
+        return;
+    char fetch[24];
+    snprintf(fetch, sizeof fetch, "%ld", limit + 1);
+    const char *params[4] = {r->user_id, before_us, before_id, fetch};
+    pending *p = run(r, SQL_LIST, 4, params, listed);
+    if (p)
+        p->limit = (int)limit;
+}
+
+/* ---- GET /api/v1/conversations/{id} -------------------------------------------------------- */
+
+static const char SQL_GET[] =
+    "SELECT row_to_json(x)::text FROM (SELECT c.id, c.title, c.agent_id, c.system_prompt,"
+    "  c.model, " ISO("c.created_at") " AS created_at, " ISO("c.updated_at") " AS updated_at,"
+    "  (SELECT coalesce(array_to_json(array_agg(row_to_json(mm)"
+    /* fixed-width ISO text sorts as the timestamp does */
+    "     ORDER BY mm.created_at, mm.id)), '[]'::json)"
+    "   FROM (SELECT m.id, m.role, m.content, m.status, m.model, m.prompt_tokens,"
+    "     m.completion_tokens, m.tool_calls, m.error, " ISO("m.created_at") " AS created_at"
+    "    FROM messages m WHERE m.conversation_id = c.id AND m.user_id = c.user_id) mm)"
+    "   AS messages"
+    " FROM conversations c WHERE c.id = $1::uuid AND c.user_id = $2::uuid) x";
+
+static void got_one(void *ud, const cl_db_res *res)
+{
+    pending *p = ud;
+    cl_req *r = take(p);
+    free(p);
+    if (!res->ok)
+        cl_db_error_reply(r, res, "get conversation");
+    else if (cl_db_rows(res) != 1)
+        not_found(r);
+    else
+        cl_api_ok(r, 200, "conversation", cl_db_get(res, 0, 0));
+}
+
+static void conversation_get(cl_req *r)
+{
+    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
+        return;
+    char id[37];
+    if (!path_id(r, id) || !cl_db_require(r))
+        return;
+    const char *params[2] = {id, r->user_id};
+    run(r, SQL_GET, 2, params, got_one);
+}
+
+/* ---- DELETE /api/v1/conversations/{id} ------------------------------------------------------- */
+
+static void deleted(void *ud, const cl_db_res *res)
+{
+    pending *p = ud;
+    char id[37];
+    memcpy(id, p->id, sizeof id);
+    cl_req *r = take(p);
+    free(p);
+    if (!res->ok) {
+        cl_db_error_reply(r, res, "delete conversation");
+        return;
+    }
+    if (cl_db_rows(res) != 1) {
+        not_found(r);
+        return;
+    }
+    char data[80];
+    snprintf(data, sizeof data, "{\"id\":\"%s\",\"deleted\":true}", id);    /* a checked UUID */
+    cl_api_ok(r, 200, "conversation deleted", data);
+}
+
+static void conversation_delete(cl_req *r)
+{
+    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
+        return;
+    char id[37];
+    if (!path_id(r, id) || !cl_db_require(r))
+        return;
+    /* Messages go with it (ON DELETE CASCADE); usage_events keep their
+     * tokens (their conversation and message references are SET NULL). */
+    const char *params[2] = {id, r->user_id};
+    pending *p = run(r,
+                     "DELETE FROM conversations WHERE id = $1::uuid AND user_id = $2::uuid"
+                     " RETURNING id",
+                     2, params, deleted);
+    if (p)
+        memcpy(p->id, id, sizeof id);
+}
+
+/* ---- GET /api/v1/usage --------------------------------------------------------------------------- */
+
+/* The last `days` UTC calendar days, today included; newest day first. */
+static const char SQL_USAGE[] =
+    "WITH d AS (SELECT to_char(u.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, u.model,"
+    "   sum(u.prompt_tokens) AS prompt_tokens, sum(u.completion_tokens) AS completion_tokens,"
+    "   sum(u.total_tokens) AS total_tokens, count(*) AS turns"
+    "  FROM usage_events u"
+    "  WHERE u.user_id = $1::uuid"
+    "   AND u.created_at >= ((now() AT TIME ZONE 'UTC')::date - ($2::int - 1))::timestamp"
+    "       AT TIME ZONE 'UTC'"
+    "  GROUP BY 1, 2)"
+    " SELECT row_to_json(x)::text FROM (SELECT"
+    "  (SELECT coalesce(array_to_json(array_agg(row_to_json(d) ORDER BY d.day DESC, d.model)),"
+    "    '[]'::json) FROM d) AS usage,"
+    "  (SELECT row_to_json(t) FROM (SELECT coalesce(sum(d.prompt_tokens), 0) AS prompt_tokens,"
+    "    coalesce(sum(d.completion_tokens), 0) AS completion_tokens,"
+    "    coalesce(sum(d.total_tokens), 0) AS total_tokens,"
+    "    coalesce(sum(d.turns), 0) AS turns FROM d) t) AS totals) x";
+
+static void usage_done(void *ud, const cl_db_res *res)
+{
+    pending *p = ud;
+    cl_req *r = take(p);
+    free(p);
+    if (!res->ok || cl_db_rows(res) != 1) {
+        cl_db_error_reply(r, res, "usage");
+        return;
+    }
+    cl_api_ok(r, 200, "usage", cl_db_get(res, 0, 0));
+}
+
+static void usage_get(cl_req *r)
+{
+    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
+        return;
+    long days = query_int(r, "days", USAGE_DEFAULT_DAYS, 1, USAGE_MAX_DAYS);
+    if (days < 0 || !cl_db_require(r))
+        return;
+    char d[24];
+    snprintf(d, sizeof d, "%ld", days);
+    const char *params[2] = {r->user_id, d};
+    run(r, SQL_USAGE, 2, params, usage_done);
+}
+
+int cl_conversation_routes(cl_router *r)
+{
+    int rc = 0;
+    rc |= cl_router_add(r, "POST", "/api/v1/conversations", conversation_create);
+    rc |= cl_router_add(r, "GET", "/api/v1/conversations", conversation_list);
+    rc |= cl_router_add(r, "GET", "/api/v1/conversations/{id}", conversation_get);
+    rc |= cl_router_add(r, "DELETE", "/api/v1/conversations/{id}", conversation_delete);
+    rc |= cl_router_add(r, "GET", "/api/v1/usage", usage_get);
+    return rc;
+}

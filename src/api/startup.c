@@ -1,0 +1,76 @@
+/*
+ * startup.c — what chatloop prepares once, in the supervisor, before any
+ * worker exists: the JWT secret, the database schema, and the local user
+ * that `auth = off` acts as. Synchronous libpq is allowed here only: no
+ * loop is running yet.
+ */
+#include "chatloop/app.h"
+#include "chatloop/auth.h"
+#include "chatloop/db.h"
+#include "chatloop/log.h"
+
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <string.h>
+
+static int ensure_local_user(const char *url, char *err, size_t errlen)
+{
+    PGconn *pg = PQconnectdb(url);
+    if (PQstatus(pg) != CONNECTION_OK) {
+        snprintf(err, errlen, "cannot connect to the database: %s", PQerrorMessage(pg));
+        PQfinish(pg);
+        return -1;
+    }
+    const char *p[] = {CL_LOCAL_USER_ID};
+    /* '!' can never verify as a password: the local user cannot log in. */
+    PGresult *res = PQexecParams(pg,
+                                 "INSERT INTO users (id, email, password_hash) "
+                                 "VALUES ($1::uuid, 'local@localhost', '!') ON CONFLICT DO NOTHING",
+                                 1, NULL, p, NULL, NULL, 0);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        snprintf(err, errlen, "cannot create the local user: %s", PQresultErrorMessage(res));
+    PQclear(res);
+    PQfinish(pg);
+    return ok ? 0 : -1;
+}
+
+int cl_app_prepare(cl_config *cfg)
+{
+    char err[512];
+    if (cfg->jwt_secret[0] == '\0') {
+        unsigned char raw[32];
+        char hex[65];
+        if (cl_random_bytes(raw, sizeof raw) != 0) {
+            CL_ERROR("cannot generate a jwt_secret");
+            return -1;
+        }
+        for (size_t i = 0; i < sizeof raw; i++)
+            snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+        char cerr[CL_ERRBUF];
+        if (cl_config_set(cfg, "jwt_secret", hex, "generated", cerr) != 0) {
+            CL_ERROR("%s", cerr);
+            return -1;
+        }
+        memset(hex, 0, sizeof hex);
+        if (cfg->auth == CL_AUTH_REQUIRED)
+            CL_WARN("jwt_secret is not set: using a random one, so tokens end with this process; "
+                    "set jwt_secret (or CHATLOOP_JWT_SECRET) to keep them across restarts");
+    }
+    if (cfg->database_url[0] == '\0') {
+        CL_WARN("no database_url: conversations, users and usage are unavailable "
+                "(make run starts a local PostgreSQL)");
+        return 0;
+    }
+    if (cl_db_migrate(cfg->database_url, err, sizeof err) != 0) {
+        CL_ERROR("database migration failed: %s", err);
+        return -1;
+    }
+    if (ensure_local_user(cfg->database_url, err, sizeof err) != 0) {
+        char safe[512];
+        cl_redact_url(err, safe, sizeof safe);
+        CL_ERROR("%s", safe);
+        return -1;
+    }
+    return 0;
+}
