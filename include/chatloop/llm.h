@@ -119,6 +119,10 @@ void cl_llm_cancel(cl_llm_call *call);
 /** The model of the attempt in progress (changes on fallback). */
 const char *cl_llm_call_model(const cl_llm_call *call);
 
+/** The usage so far: reported by the upstream, or estimated from what
+ *  streamed (for a caller about to cancel, which gets no callback). */
+void cl_llm_call_usage(cl_llm_call *call, cl_llm_usage *out);
+
 /** The retry-after (seconds) of the call's last upstream answer, 0 if none. */
 double cl_llm_call_retry_after(const cl_llm_call *call);
 

@@ -9,6 +9,7 @@
  * cancels the upstream transfer at once (on_abort).
  */
 #include "chatloop/app.h"
+#include "chatloop/auth.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
@@ -21,6 +22,8 @@
 
 typedef struct relay {
     cl_req *req;
+    char user_id[37];
+    char usage_key[48];         /* "openai:<uuid>": not the client's X-Request-Id, which repeats */
     cl_llm_call *call;
     int stream;
     int client_wants_usage;
@@ -117,10 +120,42 @@ static void relay_free(relay *rl)
     free(rl);
 }
 
+/* The pass-through records usage like a turn does (source "openai"), as a
+ * durable write keyed by the request id: stored once even if replayed. */
+static void usage_stored(void *ud, const cl_db_res *res)
+{
+    (void)ud;
+    if (!res->ok)
+        CL_ERROR("storing pass-through usage failed: %s", res->error ? res->error : "?");
+}
+
+static void record_usage(relay *rl, const char *model, const cl_llm_usage *u)
+{
+    cl_app *app = cl_app_current();
+    if (!app || !app->db || !rl->user_id[0] || (!u->present && u->completion_tokens == 0))
+        return;
+    char p[24], c[24], t[24];
+    snprintf(p, sizeof p, "%lld", (long long)u->prompt_tokens);
+    snprintf(c, sizeof c, "%lld", (long long)u->completion_tokens);
+    snprintf(t, sizeof t, "%lld", (long long)(u->prompt_tokens + u->completion_tokens));
+    const char *params[] = {rl->user_id, rl->usage_key, model ? model : "", p, c, t,
+                            u->present ? "false" : "true"};
+    cl_db_exec(app->db,
+               "INSERT INTO usage_events (user_id, idempotency_key, model, prompt_tokens,"
+               " completion_tokens, total_tokens, estimated, source)"
+               " VALUES ($1::uuid, $2, $3, $4::int, $5::int, $6::int, $7::boolean, 'openai')"
+               " ON CONFLICT (idempotency_key) DO NOTHING",
+               7, params, CL_DB_DURABLE, usage_stored, NULL);
+}
+
 static void relay_abort(cl_req *r)
 {
     relay *rl = r->handler_data;
-    /* the client left: stop the upstream now (its socket closes this iteration) */
+    /* the client left: stop the upstream now (its socket closes this
+     * iteration), after taking the usage of what streamed */
+    cl_llm_usage u;
+    cl_llm_call_usage(rl->call, &u);
+    record_usage(rl, cl_llm_call_model(rl->call), &u);
     cl_llm_cancel(rl->call);
     relay_free(rl);
 }
@@ -184,6 +219,7 @@ static void on_done(void *ud, const cl_llm_result *res, const char *body, size_t
 {
     relay *rl = ud;
     cl_req *r = rl->req;
+    record_usage(rl, res->model[0] ? res->model : cl_llm_call_model(rl->call), &res->usage);
     if (rl->stream) {
         if (start_stream(rl) == 0)
             cl_res_write(r, "data: [DONE]\n\n", 14);
@@ -210,7 +246,8 @@ static void on_error(void *ud, cl_err_code code, const char *message, int status
 {
     relay *rl = ud;
     cl_req *r = rl->req;
-    (void)partial;
+    if (partial)
+        record_usage(rl, cl_llm_call_model(rl->call), &partial->usage);
     if (rl->started) {
         /* Mid-stream: the status line is gone; OpenAI clients raise an
          * error event as an APIError. */
@@ -284,6 +321,10 @@ static void chat_completions(cl_req *r)
         return;
     }
     rl->req = r;
+    memcpy(rl->user_id, r->user_id, sizeof rl->user_id);
+    char uuid[37] = "";
+    cl_uuid_v4(uuid);
+    snprintf(rl->usage_key, sizeof rl->usage_key, "openai:%s", uuid);
     rl->stream = json_is_true(json_object_get(body, "stream"));
     rl->client_wants_usage =
         json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage"));

@@ -691,6 +691,13 @@ cl_llm_call *cl_llm_start(cl_llm *llm, json_t *request, const cl_llm_callbacks *
     return c;
 }
 
+void cl_llm_call_usage(cl_llm_call *c, cl_llm_usage *out)
+{
+    if (!c->result.usage.present)
+        estimate_usage(c);
+    *out = c->result.usage;
+}
+
 double cl_llm_call_retry_after(const cl_llm_call *c)
 {
     return c ? c->retry_after_s : 0;
