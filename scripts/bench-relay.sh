@@ -55,7 +55,8 @@ wait_http "$mport" /health
 
 cport=$(free_port)
 GROQ_API_KEY=gsk_fake_bench ./build/chatloop --config conf/chatloop.conf --listen "127.0.0.1:$cport" \
-  --workers 1 --base-url "http://127.0.0.1:$mport/v1" --access-log off --log-level warn 2>"$tmp/chatloop.log" &
+  --workers 1 --base-url "http://127.0.0.1:$mport/v1" --auth off --access-log off --log-level warn \
+  2>"$tmp/chatloop.log" &
 sup=$!; pids+=("$sup")
 wait_http "$cport" /health
 worker=$(pgrep -P "$sup" | head -1)

@@ -102,6 +102,9 @@ int cl_random_bytes(void *out, size_t n);
 /** Writes a random UUID v4 ("xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx") into out[37]. */
 int cl_uuid_v4(char out[37]);
 
+/** 1 when s is a UUID in its 36-character text form (any version). */
+int cl_uuid_valid(const char *s);
+
 /** Lower-case hex SHA-256 of data into out[65] (API keys are stored this way). */
 void cl_sha256_hex(const void *data, size_t len, char out[65]);
 

@@ -114,26 +114,10 @@ static void field_error(cl_req *r, const char *field, const char *message)
 
 /* ---- input helpers --------------------------------------------------------------- */
 
-static int is_uuid(const char *s)
-{
-    if (strlen(s) != 36)
-        return 0;
-    for (int i = 0; i < 36; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-')
-                return 0;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* The {id} path parameter if it is a UUID; otherwise answers 404. */
 static int path_id(cl_req *r, char out[37])
 {
-    if (cl_req_param(r, "id", out, 37) != 0 || !is_uuid(out)) {
+    if (cl_req_param(r, "id", out, 37) != 0 || !cl_uuid_valid(out)) {
         not_found(r);
         return 0;
     }
@@ -323,7 +307,7 @@ static void conversation_create(cl_req *r)
         field_error(r, "title", "'title' must be at most 200 characters, without control characters");
         goto done;
     }
-    if (agent_id && !is_uuid(agent_id)) {
+    if (agent_id && !cl_uuid_valid(agent_id)) {
         field_error(r, "agent_id", "'agent_id' must be a UUID");
         goto done;
     }
@@ -410,7 +394,7 @@ static void listed(void *ud, const cl_db_res *res)
 static int parse_cursor(char *s, char **us, char **id)
 {
     char *sep = strchr(s, '_');
-    if (!sep || sep == s || sep - s > 17 || !is_uuid(sep + 1))
+    if (!sep || sep == s || sep - s > 17 || !cl_uuid_valid(sep + 1))
         return -1;
     for (char *d = s; d < sep; d++)
         if (*d < '0' || *d > '9')

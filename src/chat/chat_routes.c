@@ -14,6 +14,7 @@
  */
 #include "chatloop/api.h"
 #include "chatloop/app.h"
+#include "chatloop/auth.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
@@ -166,28 +167,12 @@ static int wants_sse(cl_req *r)
     return a && len >= 17 && memmem(a, len, "text/event-stream", 17) != NULL;
 }
 
-static int valid_uuid(const char *s)
-{
-    if (strlen(s) != 36)
-        return 0;
-    for (int i = 0; i < 36; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-')
-                return 0;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* Common to both routes: auth, database, body; then the turn. */
 static void run_turn(cl_req *r, const char *conversation_id, int session_keyed)
 {
     if (!cl_auth_check(r, CL_AUTH_ENVELOPE) || !cl_db_require(r))
         return;
-    if (conversation_id && !valid_uuid(conversation_id)) {
+    if (conversation_id && !cl_uuid_valid(conversation_id)) {
         cl_api_error(r, CL_ERR_NOT_FOUND, "conversation not found", NULL, NULL);
         return;
     }
