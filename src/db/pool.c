@@ -23,6 +23,9 @@
 #include <string.h>
 
 #define BACKOFF_MIN_MS 100
+/* Durable writes queued back to back (after an outage, or under load) go
+ * out as one pipeline of up to this many statements. */
+#define MAX_BATCH 32
 #define BACKOFF_MAX_MS 5000
 
 typedef enum { PC_DOWN, PC_CONNECTING, PC_IDLE, PC_BUSY } pc_state;
@@ -40,8 +43,14 @@ typedef struct pconn {
     int fd;
     uv_timer_t timer;       /* reconnect backoff */
     pc_state state;
-    cl_db_query *q;         /* running query */
-    PGresult *last;         /* its latest result */
+    /* The work on this connection: one query, or a pipelined batch of
+     * durable writes (sent together, one round trip, results in order). */
+    cl_db_query *batch[MAX_BATCH];
+    int nbatch;
+    int cur;                /* the query whose results are being read */
+    int pipeline;           /* in libpq pipeline mode */
+    int cur_aborted;        /* PGRES_PIPELINE_ABORTED: it did not run */
+    PGresult *last;         /* the current query's latest result */
     int flushing;           /* PQflush returned 1: wait for writability */
     uint64_t backoff_ms;
 } pconn;
@@ -252,21 +261,37 @@ static int pc_watch(pconn *pc, int events)
 static void pc_idle(pconn *pc)
 {
     pc->state = PC_IDLE;
-    pc->q = NULL;
+    pc->nbatch = pc->cur = 0;
     pc->flushing = 0;
     /* watch for the server closing on us while idle */
     if (pc_watch(pc, UV_READABLE) != 0)
         pc_broken(pc, "cannot watch the database socket");
 }
 
-static void pc_send(pconn *pc, cl_db_query *q)
+/* Sends pc->batch: a single query plainly, several in pipeline mode with
+ * one sync at the end. */
+static void pc_send(pconn *pc)
 {
     pc->state = PC_BUSY;
-    pc->q = q;
+    pc->cur = 0;
     pc->last = NULL;
-    if (q->flags & CL_DB_DURABLE)
-        pc->db->running_durable++;
-    if (!PQsendQueryParams(pc->pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0)) {
+    pc->cur_aborted = 0;
+    for (int i = 0; i < pc->nbatch; i++)
+        if (pc->batch[i]->flags & CL_DB_DURABLE)
+            pc->db->running_durable++;
+    pc->pipeline = pc->nbatch > 1;
+    if (pc->pipeline && !PQenterPipelineMode(pc->pg)) {
+        pc_broken(pc, PQerrorMessage(pc->pg));
+        return;
+    }
+    for (int i = 0; i < pc->nbatch; i++) {
+        cl_db_query *q = pc->batch[i];
+        if (!PQsendQueryParams(pc->pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0)) {
+            pc_broken(pc, PQerrorMessage(pc->pg));
+            return;
+        }
+    }
+    if (pc->pipeline && !PQpipelineSync(pc->pg)) {
         pc_broken(pc, PQerrorMessage(pc->pg));
         return;
     }
@@ -278,6 +303,27 @@ static void pc_send(pconn *pc, cl_db_query *q)
     pc->flushing = f == 1;
     if (pc_watch(pc, UV_READABLE | (pc->flushing ? UV_WRITABLE : 0)) != 0)
         pc_broken(pc, "cannot watch the database socket");
+}
+
+/* The current query's results are all in: report it (or, if the pipeline
+ * skipped it after an earlier error, put it back in the queue). */
+static void finish_current(pconn *pc)
+{
+    cl_db *db = pc->db;
+    cl_db_query *q = pc->batch[pc->cur];
+    pc->batch[pc->cur++] = NULL;
+    PGresult *last = pc->last;
+    pc->last = NULL;
+    if (pc->cur_aborted) {
+        pc->cur_aborted = 0;
+        if (q->flags & CL_DB_DURABLE)
+            db->running_durable--;
+        enqueue(db, q, 0);
+        PQclear(last);
+        return;
+    }
+    finish(q, last, 0, NULL);
+    PQclear(last);
 }
 
 static void pc_read(pconn *pc)
@@ -294,16 +340,30 @@ static void pc_read(pconn *pc)
     }
     while (!PQisBusy(pc->pg)) {
         PGresult *res = PQgetResult(pc->pg);
-        if (!res) {
-            cl_db_query *q = pc->q;
-            PGresult *last = pc->last;
-            pc->last = NULL;
-            pc->q = NULL;
+        if (pc->pipeline && res && PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            /* every query of the batch has been reported by now */
+            PQexitPipelineMode(pc->pg);
+            pc->pipeline = 0;
             pc_idle(pc);
-            finish(q, last, 0, NULL);
-            PQclear(last);
             dispatch(pc->db);
             return;
+        }
+        if (!res) {
+            if (pc->cur >= pc->nbatch)
+                continue; /* pipeline: nothing more until the sync result */
+            finish_current(pc);
+            if (!pc->pipeline) {
+                pc_idle(pc);
+                dispatch(pc->db);
+                return;
+            }
+            continue;
+        }
+        if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
+            pc->cur_aborted = 1;
+            PQclear(res);
+            continue;
         }
         if (pc->last)
             PQclear(pc->last);
@@ -376,8 +436,7 @@ static void pc_broken(pconn *pc, const char *why)
 {
     cl_db *db = pc->db;
     int was_up = pc->state == PC_IDLE || pc->state == PC_BUSY;
-    cl_db_query *q = pc->q;
-    pc->q = NULL;
+    int busy = pc->state == PC_BUSY;
     if (pc->last) {
         PQclear(pc->last);
         pc->last = NULL;
@@ -397,15 +456,20 @@ static void pc_broken(pconn *pc, const char *why)
         pc->pg = NULL;
     }
     pc->state = PC_DOWN;
-    if (q) {
+    pc->pipeline = 0;
+    /* what was on the connection: durable writes are sent again once a
+     * connection is back (they are idempotent); the rest fail */
+    for (int i = pc->nbatch - 1; busy && i >= pc->cur; i--) { /* back to front: order kept */
+        cl_db_query *q = pc->batch[i];
+        pc->batch[i] = NULL;
         if (q->flags & CL_DB_DURABLE) {
-            /* sent again once a connection is back (it is idempotent) */
             db->running_durable--;
             enqueue(db, q, 1);
         } else {
             fail_later(q, 1, "the database connection was lost");
         }
     }
+    pc->nbatch = pc->cur = 0;
     if (db->up == 0) {
         db->ever_failed = 1;
         fail_queued_ordinary(db);
@@ -445,7 +509,13 @@ static void dispatch(cl_db *db)
             i--; /* this connection is still idle */
             continue;
         }
-        pc_send(pc, q);
+        pc->batch[0] = q;
+        pc->nbatch = 1;
+        /* durable writes waiting back to back share one round trip */
+        while ((q->flags & CL_DB_DURABLE) && pc->nbatch < MAX_BATCH && db->head &&
+               (db->head->flags & CL_DB_DURABLE))
+            pc->batch[pc->nbatch++] = dequeue(db);
+        pc_send(pc);
     }
 }
 
@@ -500,10 +570,10 @@ void cl_db_free(cl_db *db)
     db->closing = 1;
     for (int i = 0; i < db->n; i++) {
         pconn *pc = &db->conns[i];
-        if (pc->q) {
-            query_free(pc->q);
-            pc->q = NULL;
-        }
+        for (int k = 0; k < pc->nbatch; k++)
+            if (pc->batch[k])
+                query_free(pc->batch[k]);
+        pc->nbatch = pc->cur = 0;
         if (pc->last)
             PQclear(pc->last);
         pc->last = NULL;
