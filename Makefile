@@ -22,8 +22,12 @@ LDFLAGS += $(SANFLAGS)
 
 include third_party/llhttp.mk
 
-LIB_SRCS  := $(sort $(wildcard src/base/*.c src/net/*.c src/http/*.c src/llm/*.c src/api/*.c src/auth/*.c src/db/*.c src/chat/*.c))
-LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(LLHTTP_OBJS)
+LIB_SRCS  := $(sort $(wildcard src/base/*.c src/net/*.c src/http/*.c src/ws/*.c src/llm/*.c src/api/*.c src/auth/*.c src/db/*.c src/chat/*.c))
+# The browser client's files (src/http/assets/, served by src/http/static.c)
+# become byte arrays in one generated C source: scripts/embed.sh.
+ASSETS    := $(sort $(wildcard src/http/assets/*.html src/http/assets/*.js src/http/assets/*.css))
+ASSET_OBJ := $(BUILD)/gen/assets.o
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(LLHTTP_OBJS) $(ASSET_OBJ)
 MAIN_OBJ  := $(BUILD)/src/main.o
 MOCK_SRCS := $(sort $(wildcard src/mock/*.c))
 MOCK_OBJS := $(MOCK_SRCS:%.c=$(BUILD)/%.o)
@@ -38,6 +42,14 @@ $(BUILD) $(BUILD)/third_party $(BUILD)/test:
 
 $(BUILD)/%.o: %.c | $(BUILD)
 	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# The directory is a prerequisite too: adding or removing a file regenerates.
+$(BUILD)/gen/assets.c build-fuzz/gen/assets.c: scripts/embed.sh $(ASSETS) src/http/assets
+	@mkdir -p $(dir $@)
+	sh scripts/embed.sh $@ $(ASSETS)
+
+$(ASSET_OBJ): $(BUILD)/gen/assets.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/chatloop: $(MAIN_OBJ) $(LIB_OBJS)
@@ -70,10 +82,10 @@ run: deps
 # libFuzzer (clang): one target per parser that reads the network.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := $(patsubst test/fuzz/%.c,build-fuzz/%,$(wildcard test/fuzz/fuzz_*.c))
-build-fuzz/%: test/fuzz/%.c $(LIB_SRCS)
+build-fuzz/%: test/fuzz/%.c $(LIB_SRCS) build-fuzz/gen/assets.c
 	@mkdir -p build-fuzz
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude \
-	  -I/usr/share/include/llhttp $(PKG_CFLAGS) $< $(LIB_SRCS) $(LLHTTP_SRCS) -o $@ $(LDLIBS)
+	  -I/usr/share/include/llhttp $(PKG_CFLAGS) $< $(LIB_SRCS) $(LLHTTP_SRCS) build-fuzz/gen/assets.c -o $@ $(LDLIBS)
 
 fuzz: deps $(FUZZ_TARGETS)
 	@for t in $(FUZZ_TARGETS); do n=$$(basename $$t | sed 's/^fuzz_//'); \

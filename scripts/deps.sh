@@ -10,6 +10,7 @@ pkgs=(
   postgresql
   nodejs npm
   curl
+  chromium                # the browser test (test/e2e/browser.test.mjs) drives it headless
 )
 # Optional extras for `make bench` (wrk, nginx for the comparison run).
 if [ "${CHATLOOP_DEPS_BENCH:-0}" = 1 ]; then

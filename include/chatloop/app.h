@@ -47,6 +47,12 @@ typedef enum { CL_AUTH_ENVELOPE, CL_AUTH_OPENAI } cl_auth_style;
  */
 int cl_auth_check(cl_req *r, cl_auth_style style);
 
+/** The token check itself, for callers whose token does not come from the
+ *  Authorization header (the WebSocket's ?token=). 1 with user_id filled,
+ *  or 0 with `why`. */
+int cl_auth_token_user(const cl_config *cfg, const char *tok, size_t len, char user_id[37],
+                       char *why, size_t whylen);
+
 /** Answers DB_UNAVAILABLE (503) and returns 0 when the database is down or
  *  not configured; returns 1 otherwise. For handlers that need it. */
 int cl_db_require(cl_req *r);
@@ -60,6 +66,7 @@ int cl_openai_routes(cl_router *r);
 int cl_auth_routes(cl_router *r);
 int cl_conversation_routes(cl_router *r);
 int cl_chat_routes(cl_router *r);
+int cl_ws_routes(cl_router *r);
 int cl_llm_routes(cl_router *r);
 void cl_models_cache_free(cl_models_cache *c);
 

@@ -89,6 +89,14 @@ struct cl_req {
 /** Frees the worker's cache of request objects (at worker exit). */
 void cl_http1_worker_cleanup(struct cl_worker *w);
 
+/**
+ * For a protocol switch (cl_ws_upgrade): the handler has queued the 101
+ * head itself (head_bytes long) and set the connection's new protocol;
+ * this logs and counts the request and frees it, leaving the connection
+ * alone. on_abort will not fire.
+ */
+void cl_http1_end_upgraded(cl_req *r, int status, size_t head_bytes);
+
 /** Takes over a freshly accepted connection (called by cl_conn_accept). */
 void cl_http1_attach(cl_conn *c);
 

@@ -119,6 +119,13 @@ void cl_llm_cancel(cl_llm_call *call);
 /** The model of the attempt in progress (changes on fallback). */
 const char *cl_llm_call_model(const cl_llm_call *call);
 
+/**
+ * Back-pressure: with `on`, the call stops taking chunks from the upstream
+ * (curl pauses the transfer, so TCP pushes back; the mock stops its timer);
+ * with 0 it resumes. Call from outside the call's own callbacks to resume.
+ */
+void cl_llm_call_pause(cl_llm_call *call, int on);
+
 /** The usage so far: reported by the upstream, or estimated from what
  *  streamed (for a caller about to cancel, which gets no callback). */
 void cl_llm_call_usage(cl_llm_call *call, cl_llm_usage *out);

@@ -21,6 +21,9 @@ void cl_log(cl_log_level level, const char *fmt, ...) __attribute__((format(prin
 void cl_log_flush(void);
 cl_log_format cl_log_get_format(void);
 
+/** The current UTC time as ISO 8601 with microseconds ("...T03:15:33.441055Z"). */
+void cl_iso_now(char out[40]);
+
 /**
  * For structured lines (the access log): cl_log_begin returns the buffer with
  * the line's prefix written ("<ts> INFO who " in text, `{"ts":..,"level":..,

@@ -16,6 +16,10 @@ cl_router *cl_routes_build(const cl_config *cfg);
  *  (src/http/builtin.c). */
 int cl_builtin_routes(cl_router *r, const cl_config *cfg);
 
+/** GET / (the browser chat client) and its files, embedded in the binary
+ *  (src/http/static.c, src/http/assets/). */
+int cl_static_routes(cl_router *r);
+
 /** Process start time used for uptime, set by main before forking. */
 void cl_builtin_set_start_time(double unix_seconds);
 

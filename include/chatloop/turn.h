@@ -58,6 +58,9 @@ typedef struct cl_turn_input {
  */
 cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink *sink, void *ud);
 
+/** Back-pressure from a slow client: hold (1) or resume (0) the upstream. */
+void cl_turn_pause(cl_turn *t, int on);
+
 /** The client is gone or asked to stop: the upstream transfer is dropped in
  *  this loop iteration, the partial answer is stored as cancelled, and the
  *  sink hears nothing more. NULL is ignored. */

@@ -24,6 +24,29 @@ static void unauthorized(cl_req *r, cl_auth_style style, const char *why)
     cl_api_error(r, CL_ERR_UNAUTHORIZED, why, NULL, "WWW-Authenticate: Bearer\r\n");
 }
 
+int cl_auth_token_user(const cl_config *cfg, const char *tok, size_t tlen, char user_id[37],
+                       char *why, size_t whylen)
+{
+    if (cfg->auth == CL_AUTH_OFF) {
+        memcpy(user_id, CL_LOCAL_USER_ID, sizeof CL_LOCAL_USER_ID);
+        return 1;
+    }
+    char sub[64];
+    int64_t exp;
+    cl_jwt_status st = cl_jwt_verify(cfg->jwt_secret, strlen(cfg->jwt_secret), tok, tlen,
+                                     (int64_t)time(NULL), sub, sizeof sub, &exp);
+    if (st != CL_JWT_OK) {
+        snprintf(why, whylen, "invalid token: %s", cl_jwt_status_text(st));
+        return 0;
+    }
+    if (!cl_uuid_valid(sub)) {
+        snprintf(why, whylen, "invalid token: bad subject");
+        return 0;
+    }
+    memcpy(user_id, sub, 37);
+    return 1;
+}
+
 int cl_auth_check(cl_req *r, cl_auth_style style)
 {
     const cl_config *cfg = r->conn->w->cfg;
@@ -47,21 +70,11 @@ int cl_auth_check(cl_req *r, cl_auth_style style)
         tok++;
         tlen--;
     }
-    char sub[64];
-    int64_t exp;
-    cl_jwt_status st = cl_jwt_verify(cfg->jwt_secret, strlen(cfg->jwt_secret), tok, tlen,
-                                     (int64_t)time(NULL), sub, sizeof sub, &exp);
-    if (st != CL_JWT_OK) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "invalid token: %s", cl_jwt_status_text(st));
-        unauthorized(r, style, msg);
+    char why[96];
+    if (!cl_auth_token_user(cfg, tok, tlen, r->user_id, why, sizeof why)) {
+        unauthorized(r, style, why);
         return 0;
     }
-    if (strlen(sub) != 36) {
-        unauthorized(r, style, "invalid token: bad subject");
-        return 0;
-    }
-    memcpy(r->user_id, sub, 37);
     return 1;
 }
 

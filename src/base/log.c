@@ -122,3 +122,13 @@ void cl_log(cl_log_level level, const char *fmt, ...)
     }
     cl_log_end();
 }
+
+void cl_iso_now(char out[40])
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    size_t n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 40 - n, ".%06ldZ", (long)tv.tv_usec);
+}

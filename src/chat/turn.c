@@ -18,7 +18,7 @@
 #include <sys/time.h>
 #include <time.h>
 
-typedef enum { TURN_LOADING, TURN_GENERATING, TURN_FINISHED } turn_state;
+typedef enum { TURN_LOADING, TURN_GENERATING, TURN_STORING, TURN_FINISHED } turn_state;
 
 struct cl_turn {
     cl_app *app;
@@ -26,6 +26,9 @@ struct cl_turn {
     cl_turn_sink sink;
     void *ud;
     cl_db_query *load;
+    cl_db_query *store;             /* STORING: the answer's write, acknowledged when it is in */
+    cl_buf done_json;               /* STORING: what on_done will say */
+    struct ack_timer *ack_timer;    /* STORING: acknowledges anyway if the write is held up */
     cl_llm_call *call;
     char user_id[37];
     char conversation_id[37];
@@ -40,20 +43,11 @@ struct cl_turn {
     char *conv_system_prompt;
     char *conv_model;
     cl_buf content;                 /* the answer so far */
+    int history_count;              /* history messages sent upstream */
     int64_t prompt_estimate;
 };
 
 /* ---- small helpers --------------------------------------------------------- */
-
-static void iso_now(char out[40])
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    struct tm tm;
-    gmtime_r(&tv.tv_sec, &tm);
-    size_t n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, 40 - n, ".%06ldZ", (long)tv.tv_usec);
-}
 
 static char *dup_or_null(const char *s)
 {
@@ -69,6 +63,7 @@ static void turn_free(cl_turn *t)
     free(t->conv_system_prompt);
     free(t->conv_model);
     cl_buf_release(&t->content);
+    cl_buf_release(&t->done_json);
     free(t);
 }
 
@@ -82,14 +77,13 @@ static void on_write_done(void *ud, const cl_db_res *res)
                  res->sqlstate[0] ? " SQLSTATE " : "", res->sqlstate);
 }
 
-static const char SQL_INSERT_USER[] =
-    "INSERT INTO messages (id, conversation_id, user_id, role, content, status, created_at) "
-    "VALUES ($1::uuid, $2::uuid, $3::uuid, 'user', $4, 'complete', $5::timestamptz) "
-    "ON CONFLICT (id) DO NOTHING";
-
-/* The assistant message and its usage, in one statement: both or neither. */
+/* The user message, the answer and its usage, in one statement: all or nothing. */
 static const char SQL_INSERT_ASSISTANT[] =
-    "WITH m AS ("
+    "WITH um AS ("
+    " INSERT INTO messages (id, conversation_id, user_id, role, content, status, created_at)"
+    " VALUES ($15::uuid, $2::uuid, $3::uuid, 'user', $16, 'complete', $17::timestamptz)"
+    " ON CONFLICT (id) DO NOTHING), "
+    "m AS ("
     " INSERT INTO messages (id, conversation_id, user_id, role, content, status, tool_calls,"
     "  model, prompt_tokens, completion_tokens, error, created_at)"
     " VALUES ($1::uuid, $2::uuid, $3::uuid, 'assistant', $4, $5, $6::jsonb, $7, $8::int, $9::int,"
@@ -101,18 +95,12 @@ static const char SQL_INSERT_ASSISTANT[] =
     "  $13::boolean, 'chat' WHERE $14::boolean"
     " ON CONFLICT (idempotency_key) DO NOTHING";
 
-static void store_user_message(cl_turn *t)
-{
-    const char *p[] = {t->user_msg_id, t->conversation_id, t->user_id, t->message, t->started_at};
-    if (!cl_db_exec(t->app->db, SQL_INSERT_USER, 5, p, CL_DB_DURABLE, on_write_done, NULL))
-        CL_ERROR("turn %s: the user message could not be queued for storage", t->user_msg_id);
-}
-
-static void store_assistant_message(cl_turn *t, const char *status, const char *model,
-                                    const cl_llm_usage *u, const char *error)
+static cl_db_query *store_assistant_message(cl_turn *t, const char *status, const char *model,
+                                            const cl_llm_usage *u, const char *error,
+                                            cl_db_cb cb, void *ud)
 {
     char created[40], prompt[24], completion[24], key[48];
-    iso_now(created);
+    cl_iso_now(created);
     snprintf(prompt, sizeof prompt, "%lld", (long long)u->prompt_tokens);
     snprintf(completion, sizeof completion, "%lld", (long long)u->completion_tokens);
     snprintf(key, sizeof key, "turn:%s", t->assistant_msg_id);
@@ -121,9 +109,13 @@ static void store_assistant_message(cl_turn *t, const char *status, const char *
     const char *content = cl_buf_cstr(&t->content);
     const char *p[] = {t->assistant_msg_id, t->conversation_id, t->user_id, content ? content : "",
                        status, NULL, model, prompt, completion, error, created, key,
-                       u->present ? "false" : "true", spend ? "true" : "false"};
-    if (!cl_db_exec(t->app->db, SQL_INSERT_ASSISTANT, 14, p, CL_DB_DURABLE, on_write_done, NULL))
+                       u->present ? "false" : "true", spend ? "true" : "false",
+                       t->user_msg_id, t->message, t->started_at};
+    cl_db_query *q = cl_db_exec(t->app->db, SQL_INSERT_ASSISTANT, 17, p, CL_DB_DURABLE,
+                                cb ? cb : on_write_done, ud);
+    if (!q)
         CL_ERROR("turn %s: the answer could not be queued for storage", t->assistant_msg_id);
+    return q;
 }
 
 /* When the provider could not say (cut short, cancelled), estimate. */
@@ -150,6 +142,63 @@ static void on_content(void *ud, const char *text, size_t len)
         t->sink.on_token(t->ud, text, len);
 }
 
+/* STORING waits for the write at most this long: a write caught by an
+ * outage is requeued until the database is back, and the client is not
+ * kept waiting for that (the write is durable; it lands later). */
+#define ACK_WAIT_MS 1000
+
+struct ack_timer {
+    uv_timer_t h;
+    cl_turn *t;                     /* NULL once the turn no longer waits */
+};
+
+static void ack_timer_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void ack_timer_drop(cl_turn *t)
+{
+    if (!t->ack_timer)
+        return;
+    t->ack_timer->t = NULL;
+    uv_close((uv_handle_t *)&t->ack_timer->h, ack_timer_closed);
+    t->ack_timer = NULL;
+}
+
+static void ack_done(cl_turn *t)
+{
+    ack_timer_drop(t);
+    t->state = TURN_FINISHED;
+    const char *json = cl_buf_cstr(&t->done_json);
+    if (t->sink.on_done)
+        t->sink.on_done(t->ud, json ? json : "{}");
+    turn_free(t);
+}
+
+/* The answer is stored: only now is it acknowledged, so the client's next
+ * request (on any worker) reads it. */
+static void on_answer_stored(void *ud, const cl_db_res *res)
+{
+    cl_turn *t = ud;
+    t->store = NULL;
+    on_write_done(NULL, res);
+    ack_done(t);
+}
+
+static void on_ack_timeout(uv_timer_t *h)
+{
+    struct ack_timer *at = h->data;
+    cl_turn *t = at->t;
+    if (!t)
+        return;
+    cl_db_cancel(t->store); /* the write goes on; nobody waits for it now */
+    t->store = NULL;
+    CL_WARN("turn %s: the answer is not stored yet; acknowledged anyway (its write is queued)",
+            t->assistant_msg_id);
+    ack_done(t);
+}
+
 static void on_llm_done(void *ud, const cl_llm_result *res, const char *body, size_t len)
 {
     cl_turn *t = ud;
@@ -160,22 +209,35 @@ static void on_llm_done(void *ud, const cl_llm_result *res, const char *body, si
     const char *model = res->model[0] ? res->model : t->params.model;
     cl_llm_usage u;
     usage_or_estimate(t, res, &u);
-    store_assistant_message(t, "complete", model ? model : "", &u, NULL);
-    cl_buf d;
-    cl_buf_init(&d, 0);
-    cl_buf_append_str(&d, "{\"response\":");
-    cl_jsonw_str(&d, t->content.data ? t->content.data : "", t->content.len);
-    cl_buf_append_str(&d, ",\"model_used\":");
-    cl_jsonw_cstr(&d, model);
-    cl_buf_printf(&d, ",\"message_id\":\"%s\",\"conversation_id\":\"%s\",\"usage\":",
+    cl_buf *d = &t->done_json;
+    cl_buf_append_str(d, "{\"response\":");
+    cl_jsonw_str(d, t->content.data ? t->content.data : "", t->content.len);
+    cl_buf_append_str(d, ",\"model_used\":");
+    cl_jsonw_cstr(d, model);
+    cl_buf_printf(d, ",\"message_id\":\"%s\",\"conversation_id\":\"%s\",\"usage\":",
                   t->assistant_msg_id, t->conversation_id);
-    cl_llm_usage_json(&u, &d);
-    cl_buf_append_str(&d, ",\"documents_retrieved\":[],\"tool_calls\":[]}");
-    const char *json = cl_buf_cstr(&d);
-    if (t->sink.on_done)
-        t->sink.on_done(t->ud, json ? json : "{}");
-    cl_buf_release(&d);
-    turn_free(t);
+    cl_llm_usage_json(&u, d);
+    cl_buf_printf(d, ",\"documents_retrieved\":[],\"tool_calls\":[],\"history_messages\":%d}",
+                  t->history_count);
+    /* With the database up, the answer is acknowledged once stored; while
+     * it is down the write waits in the queue and the client hears now. */
+    int up = cl_db_available(t->app->db);
+    t->store = store_assistant_message(t, "complete", model ? model : "", &u, NULL,
+                                       up ? on_answer_stored : NULL, up ? t : NULL);
+    if (!up || !t->store) {
+        t->store = NULL;
+        ack_done(t);
+        return;
+    }
+    t->state = TURN_STORING;
+    struct ack_timer *at = calloc(1, sizeof *at);
+    if (at) {
+        at->t = t;
+        at->h.data = at;
+        uv_timer_init(t->app->w->loop, &at->h);
+        uv_timer_start(&at->h, on_ack_timeout, ACK_WAIT_MS, 0);
+        t->ack_timer = at;
+    }
 }
 
 static void on_llm_error(void *ud, cl_err_code code, const char *message, int status,
@@ -188,7 +250,7 @@ static void on_llm_error(void *ud, cl_err_code code, const char *message, int st
     t->state = TURN_FINISHED;
     cl_llm_usage u;
     usage_or_estimate(t, partial, &u);
-    store_assistant_message(t, "error", t->params.model ? t->params.model : "", &u, message);
+    store_assistant_message(t, "error", t->params.model ? t->params.model : "", &u, message, NULL, NULL);
     if (t->sink.on_error)
         t->sink.on_error(t->ud, code, message);
     turn_free(t);
@@ -212,6 +274,7 @@ static json_t *build_messages(cl_turn *t, const char *history_json)
     size_t i;
     json_t *m;
     json_array_foreach(hist, i, m) json_array_append(msgs, m);
+    t->history_count = (int)json_array_size(hist);
     json_decref(hist);
     json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "user", "content", t->message));
     size_t chars = 0;
@@ -272,9 +335,8 @@ static void on_loaded(void *ud, const cl_db_res *res)
         fail(t, CL_ERR_PROCESSING_ERROR, "cannot start the model call");
         return;
     }
-    /* In parallel with the upstream request: the first token does not wait
-     * for this write. */
-    store_user_message(t);
+    /* The user message is stored with the answer, in one statement, when
+     * the turn ends (complete, error or cancelled): nothing to wait for here. */
     if (t->sink.on_start)
         t->sink.on_start(t->ud, t->conversation_id, t->assistant_msg_id);
 }
@@ -316,6 +378,7 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
     t->ud = ud;
     t->state = TURN_LOADING;
     cl_buf_init(&t->content, 0);
+    cl_buf_init(&t->done_json, 0);
     snprintf(t->user_id, sizeof t->user_id, "%s", in->user_id);
     t->message = strdup(in->message);
     t->session_key = dup_or_null(in->session_key);
@@ -329,7 +392,7 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
         turn_free(t);
         return NULL;
     }
-    iso_now(t->started_at);
+    cl_iso_now(t->started_at);
     char limit[16];
     snprintf(limit, sizeof limit, "%d", app->w->cfg->history_messages);
     if (in->conversation_id) {
@@ -345,6 +408,12 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
         return NULL;
     }
     return t;
+}
+
+void cl_turn_pause(cl_turn *t, int on)
+{
+    if (t && t->state == TURN_GENERATING)
+        cl_llm_call_pause(t->call, on);
 }
 
 void cl_turn_cancel(cl_turn *t)
@@ -363,10 +432,17 @@ void cl_turn_cancel(cl_turn *t)
         t->state = TURN_FINISHED;
         cl_llm_usage u;
         usage_or_estimate(t, NULL, &u);
-        store_assistant_message(t, "cancelled", t->params.model ? t->params.model : "", &u, NULL);
+        store_assistant_message(t, "cancelled", t->params.model ? t->params.model : "", &u, NULL,
+                                NULL, NULL);
         turn_free(t);
         return;
     }
+    case TURN_STORING:
+        /* the write goes on (durable); nobody is waiting for it now */
+        cl_db_cancel(t->store);
+        ack_timer_drop(t);
+        turn_free(t);
+        return;
     case TURN_FINISHED:
         return;
     }

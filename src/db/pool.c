@@ -18,6 +18,7 @@
  */
 #include "chatloop/db.h"
 #include "chatloop/log.h"
+#include "chatloop/worker.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -44,13 +45,14 @@ typedef struct pconn {
     uv_timer_t timer;       /* reconnect backoff */
     pc_state state;
     /* The work on this connection: one query, or a pipelined batch of
-     * durable writes (sent together, one round trip, results in order). */
+     * durable writes (sent together, one round trip, results in order).
+     * A batch is one implicit transaction (one sync at its end): nothing
+     * in it is reported before that sync says whether it committed. */
     cl_db_query *batch[MAX_BATCH];
+    PGresult *results[MAX_BATCH];   /* each query's last result, kept until settled */
     int nbatch;
     int cur;                /* the query whose results are being read */
     int pipeline;           /* in libpq pipeline mode */
-    int cur_aborted;        /* PGRES_PIPELINE_ABORTED: it did not run */
-    PGresult *last;         /* the current query's latest result */
     int flushing;           /* PQflush returned 1: wait for writability */
     uint64_t backoff_ms;
 } pconn;
@@ -98,10 +100,24 @@ static void query_free(cl_db_query *q)
     free(q);
 }
 
+/* A durable write has settled. A draining worker waits for these (its
+ * pending_work counts them) but re-checks only when a connection closes:
+ * after the last one, let it stop now rather than at drain_timeout.
+ * (cl_worker_maybe_stop does nothing unless the worker is draining.) */
+static void durable_settled(cl_db *db)
+{
+    if (db->queued_durable + db->running_durable > 0)
+        return;
+    cl_worker *w = cl_worker_current();
+    if (w)
+        cl_worker_maybe_stop(w);
+}
+
 static void finish(cl_db_query *q, PGresult *pg, int unavailable, const char *msg)
 {
     cl_db *db = q->db;
-    if (q->flags & CL_DB_DURABLE)
+    int durable = (q->flags & CL_DB_DURABLE) != 0;
+    if (durable)
         db->running_durable--;
     if (!q->cancelled && q->cb) {
         cl_db_res r;
@@ -123,6 +139,8 @@ static void finish(cl_db_query *q, PGresult *pg, int unavailable, const char *ms
         q->cb(q->ud, &r);
     }
     query_free(q);
+    if (durable)
+        durable_settled(db);
 }
 
 static void on_defer_timer(uv_timer_t *t)
@@ -274,8 +292,6 @@ static void pc_send(pconn *pc)
 {
     pc->state = PC_BUSY;
     pc->cur = 0;
-    pc->last = NULL;
-    pc->cur_aborted = 0;
     for (int i = 0; i < pc->nbatch; i++)
         if (pc->batch[i]->flags & CL_DB_DURABLE)
             pc->db->running_durable++;
@@ -305,25 +321,66 @@ static void pc_send(pconn *pc)
         pc_broken(pc, "cannot watch the database socket");
 }
 
-/* The current query's results are all in: report it (or, if the pipeline
- * skipped it after an earlier error, put it back in the queue). */
-static void finish_current(pconn *pc)
+static void clear_results(pconn *pc)
+{
+    for (int i = 0; i < MAX_BATCH; i++) {
+        if (pc->results[i]) {
+            PQclear(pc->results[i]);
+            pc->results[i] = NULL;
+        }
+    }
+}
+
+static int result_ok(const PGresult *r)
+{
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
+/* Reports what the connection ran, now that it is settled: one query, or
+ * a batch whose sync has come back. A batch is one transaction, so a
+ * statement that failed took the others with it — the ones before it are
+ * rolled back, the ones after were skipped — and only the failed one is
+ * reported; the others go back to the front of the queue, in order (they
+ * are durable, hence idempotent). The connection is idle again first, so
+ * callbacks may queue more work. */
+static void pc_settle(pconn *pc)
 {
     cl_db *db = pc->db;
-    cl_db_query *q = pc->batch[pc->cur];
-    pc->batch[pc->cur++] = NULL;
-    PGresult *last = pc->last;
-    pc->last = NULL;
-    if (pc->cur_aborted) {
-        pc->cur_aborted = 0;
-        if (q->flags & CL_DB_DURABLE)
-            db->running_durable--;
-        enqueue(db, q, 0);
-        PQclear(last);
-        return;
+    int n = pc->nbatch;
+    cl_db_query *qs[MAX_BATCH];
+    PGresult *rs[MAX_BATCH];
+    memcpy(qs, pc->batch, sizeof qs);
+    memcpy(rs, pc->results, sizeof rs);
+    memset(pc->batch, 0, sizeof pc->batch);
+    memset(pc->results, 0, sizeof pc->results);
+    pc_idle(pc);
+    int failed = -1;
+    for (int i = 0; n > 1 && i < n && failed < 0; i++)
+        if (!result_ok(rs[i]))
+            failed = i;
+    if (failed >= 0) {
+        if (PQresultStatus(rs[failed]) == PGRES_PIPELINE_ABORTED)
+            failed = -1;    /* no statement reported the error: send them all again */
+        for (int i = n - 1; i >= 0; i--) {  /* back to front: order kept */
+            if (i == failed)
+                continue;
+            if (qs[i]->flags & CL_DB_DURABLE)
+                db->running_durable--;
+            enqueue(db, qs[i], 1);
+            PQclear(rs[i]);
+        }
+        if (failed >= 0) {
+            finish(qs[failed], rs[failed], 0, NULL);
+            PQclear(rs[failed]);
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            finish(qs[i], rs[i], 0, NULL);
+            PQclear(rs[i]);
+        }
     }
-    finish(q, last, 0, NULL);
-    PQclear(last);
+    dispatch(db);
 }
 
 static void pc_read(pconn *pc)
@@ -341,33 +398,29 @@ static void pc_read(pconn *pc)
     while (!PQisBusy(pc->pg)) {
         PGresult *res = PQgetResult(pc->pg);
         if (pc->pipeline && res && PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+            /* the batch's transaction is over: committed, or rolled back */
             PQclear(res);
-            /* every query of the batch has been reported by now */
             PQexitPipelineMode(pc->pg);
             pc->pipeline = 0;
-            pc_idle(pc);
-            dispatch(pc->db);
+            pc_settle(pc);
             return;
         }
         if (!res) {
-            if (pc->cur >= pc->nbatch)
-                continue; /* pipeline: nothing more until the sync result */
-            finish_current(pc);
             if (!pc->pipeline) {
-                pc_idle(pc);
-                dispatch(pc->db);
+                pc_settle(pc);  /* after ReadyForQuery: settled */
                 return;
             }
+            if (pc->cur < pc->nbatch)
+                pc->cur++;      /* the next results belong to the next query */
+            continue;           /* nothing more until the sync result */
+        }
+        if (pc->cur >= pc->nbatch) {
+            PQclear(res);       /* not expected: no query is waiting for it */
             continue;
         }
-        if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
-            pc->cur_aborted = 1;
-            PQclear(res);
-            continue;
-        }
-        if (pc->last)
-            PQclear(pc->last);
-        pc->last = res;
+        if (pc->results[pc->cur])
+            PQclear(pc->results[pc->cur]);
+        pc->results[pc->cur] = res;
     }
 }
 
@@ -437,10 +490,7 @@ static void pc_broken(pconn *pc, const char *why)
     cl_db *db = pc->db;
     int was_up = pc->state == PC_IDLE || pc->state == PC_BUSY;
     int busy = pc->state == PC_BUSY;
-    if (pc->last) {
-        PQclear(pc->last);
-        pc->last = NULL;
-    }
+    clear_results(pc);
     char msg[200];
     snprintf(msg, sizeof msg, "%s", why && *why ? why : "connection failed");
     msg[strcspn(msg, "\n")] = '\0';
@@ -457,9 +507,10 @@ static void pc_broken(pconn *pc, const char *why)
     }
     pc->state = PC_DOWN;
     pc->pipeline = 0;
-    /* what was on the connection: durable writes are sent again once a
+    /* what was on the connection (none of it reported yet: a batch is
+     * settled at its sync): durable writes are sent again once a
      * connection is back (they are idempotent); the rest fail */
-    for (int i = pc->nbatch - 1; busy && i >= pc->cur; i--) { /* back to front: order kept */
+    for (int i = pc->nbatch - 1; busy && i >= 0; i--) { /* back to front: order kept */
         cl_db_query *q = pc->batch[i];
         pc->batch[i] = NULL;
         if (q->flags & CL_DB_DURABLE) {
@@ -574,9 +625,7 @@ void cl_db_free(cl_db *db)
             if (pc->batch[k])
                 query_free(pc->batch[k]);
         pc->nbatch = pc->cur = 0;
-        if (pc->last)
-            PQclear(pc->last);
-        pc->last = NULL;
+        clear_results(pc);
         pc_unwatch(pc);
         if (pc->pg)
             PQfinish(pc->pg);

@@ -34,7 +34,9 @@ static llhttp_settings_t g_settings;
 static int g_settings_ready;
 
 static void proceed(cl_conn *c, const char *data, size_t len);
+static const cl_conn_proto http1_proto;
 static void end_request(cl_req *r);
+static void access_log(cl_req *r, double ms);
 
 static inline cl_req *conn_req(cl_conn *c) { return c->proto_data; }
 
@@ -543,6 +545,21 @@ void cl_res_end(cl_req *r)
     end_request(r);
 }
 
+void cl_http1_end_upgraded(cl_req *r, int status, size_t head_bytes)
+{
+    cl_conn *c = r->conn;
+    r->status = status;
+    r->started = 1;
+    r->resp_bytes = head_bytes;
+    r->ended = 1;
+    double ms = cl_req_elapsed_ms(r);
+    cl_metrics_request(c->w->metrics, status, ms);
+    access_log(r, ms);
+    if (c->proto_data == r)
+        c->proto_data = NULL;
+    req_free(r);
+}
+
 /* ---- access log ------------------------------------------------------------ */
 
 static void access_log(cl_req *r, double ms)
@@ -735,15 +752,21 @@ static void proceed(cl_conn *c, const char *data, size_t len)
             len -= used;
             if (err == HPE_PAUSED) {
                 llhttp_resume(&c->parser);
-            } else {
-                /* No protocol switch is served on this path (yet): answer
-                 * the request as plain HTTP and close, since llhttp would
-                 * treat what follows as the new protocol's bytes. */
-                conn_req(c)->keep_alive = 0;
-                len = 0;
+                dispatch(conn_req(c));
+                continue;
             }
+            /* An Upgrade request: what follows is the new protocol's, so
+             * unless the handler switched protocols (cl_ws_upgrade), the
+             * answer is the last thing on this connection. */
+            conn_req(c)->keep_alive = 0;
             dispatch(conn_req(c));
-            continue;
+            if (c->proto != &http1_proto && !c->closing) {
+                c->proto_busy = 0;
+                if (len)
+                    c->proto->on_data(c, data, len);
+                return;
+            }
+            break;
         }
         refuse_and_close(c, err);
         break;

@@ -438,6 +438,12 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
     size_t len = size * n;
     if (c->cancelled)
         return CURL_WRITEFUNC_ERROR;
+    if (c->want_pause && !c->paused) {
+        /* curl keeps these bytes and hands them over again on resume;
+         * meanwhile the socket is not read, so TCP pushes back upstream */
+        c->paused = 1;
+        return CURL_WRITEFUNC_PAUSE;
+    }
     if (!c->http_status)
         curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->http_status);
     if (c->http_status < 200 || c->http_status > 299) {
@@ -689,6 +695,20 @@ cl_llm_call *cl_llm_start(cl_llm *llm, json_t *request, const cl_llm_callbacks *
         return NULL;
     }
     return c;
+}
+
+void cl_llm_call_pause(cl_llm_call *c, int on)
+{
+    if (!c || c->state == CALL_FINISHED || c->cancelled)
+        return;
+    c->want_pause = on;
+    if (on || !c->paused)
+        return;
+    c->paused = 0;
+    if (c->llm->provider == CL_PROVIDER_MOCK)
+        cl_llm__mock_resume(c);
+    else if (c->easy)
+        cl_curl_loop_resume(c->llm->curl, c->easy);
 }
 
 void cl_llm_call_usage(cl_llm_call *c, cl_llm_usage *out)

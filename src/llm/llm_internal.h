@@ -78,6 +78,8 @@ struct cl_llm_call {
     cl_sse_parser sse;
     cl_llm_result result;
     int64_t skipped_chunks;         /* relayed without a JSON parse (content only) */
+    int want_pause;                 /* the consumer is congested: hold the upstream */
+    int paused;                     /* the transfer (or mock timer) is held */
 };
 
 /* call.c, for the transports: one decoded event of the stream ("[DONE]"
@@ -96,6 +98,7 @@ void cl_llm__easy_put(cl_llm *llm, CURL *easy);
 /* mock.c */
 void cl_llm__mock_start(cl_llm_call *c);
 void cl_llm__mock_stop(cl_llm_call *c);
+void cl_llm__mock_resume(cl_llm_call *c);
 char *cl_llm__mock_models_json(const cl_config *cfg);
 
 #endif

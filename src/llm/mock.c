@@ -97,6 +97,10 @@ static void on_mock_timer(uv_timer_t *t)
     cl_llm_call *c = t->data;
     if (c->state == CALL_FINISHED || c->cancelled)
         return;
+    if (c->want_pause) {
+        c->paused = 1; /* cl_llm__mock_resume restarts the pacing */
+        return;
+    }
     const cl_config *cfg = c->llm->cfg;
     cl_buf b;
     cl_buf_init(&b, 0);
@@ -129,7 +133,11 @@ static void on_mock_timer(uv_timer_t *t)
                 cl_llm__finish_ok(c, NULL, 0);
             goto out;
         }
-    } while (cfg->mock_token_interval_ms == 0);
+    } while (cfg->mock_token_interval_ms == 0 && !c->want_pause);
+    if (c->want_pause) {
+        c->paused = 1;
+        goto out;
+    }
     uv_timer_start(&c->mock_timer, on_mock_timer, cfg->mock_token_interval_ms, 0);
 out:
     cl_buf_release(&b);
@@ -149,6 +157,11 @@ void cl_llm__mock_start(cl_llm_call *c)
         c->mock_n = (int)json_integer_value(mt);
     c->mock_prompt_tokens = estimate_prompt_tokens(c->request);
     uv_timer_start(&c->mock_timer, on_mock_timer, cfg->mock_first_token_ms, 0);
+}
+
+void cl_llm__mock_resume(cl_llm_call *c)
+{
+    uv_timer_start(&c->mock_timer, on_mock_timer, 0, 0);
 }
 
 void cl_llm__mock_stop(cl_llm_call *c)

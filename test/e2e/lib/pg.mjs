@@ -7,6 +7,7 @@
 //   pg.url                                // postgresql://postgres@127.0.0.1:PORT/chatloop
 //   await pg.query('SELECT 1')            // on the chatloop database
 //   const db = await pg.freshDatabase();  // an empty database of its own: {url, name, query}
+//   await pg.halt(); await pg.restart();  // the server down and back: same dir, port, data
 //   await pg.stop();                      // in after()
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, realpathSync, rmSync } from 'node:fs';
@@ -81,6 +82,19 @@ export async function startPg() {
       await query(url, `CREATE DATABASE ${name}`);
       const u = base + name;
       return { name, url: u, query: (sql, params) => query(u, sql, params) };
+    },
+    /**
+     * Stops the server (fast shutdown: sessions are terminated) but keeps
+     * the cluster, so restart() brings the same data back on the same port.
+     */
+    async halt() {
+      const s = await pgLocal(['stop', dir]);
+      if (s.code !== 0) throw new Error(`pg-local.sh stop failed (exit ${s.code}):\n${s.stderr}`);
+    },
+    /** Starts the halted cluster again: same directory, same port, same data. */
+    async restart() {
+      const r = await pgLocal(['start', dir, String(port)], { env: { PG_FAST: '1' } });
+      if (r.code !== 0) throw new Error(`pg-local.sh start (restart) failed (exit ${r.code}):\n${r.stderr}`);
     },
     async stop() {
       const s = await pgLocal(['stop', dir]);

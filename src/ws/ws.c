@@ -1,0 +1,756 @@
+/*
+ * ws.c — a WebSocket connection: wslay's event API driven on a cl_conn.
+ *
+ * The proceed loop (STYLE 7): a read hands its bytes to wslay_event_recv
+ * through recv_cb until wslay has taken them all (recv_cb then reports
+ * WOULDBLOCK), wslay_event_send moves the control frames that got queued
+ * (pongs, close frames) into the connection's coalesced output, and when
+ * wslay wants neither to read nor to write the
+ * closing handshake is over and the connection closes after its output.
+ *
+ * The connection's output is the only send queue. send_cb never refuses
+ * bytes (cl_conn_write appends; the worker flushes once per loop
+ * iteration), so after every wslay_event_send wslay's own queue is empty
+ * again; back-pressure is measured on the connection (cl_ws_pending).
+ *
+ * Memory (STYLE 10). A wslay context is ≈ 8.5 KiB (a 4 KiB input buffer,
+ * a 4 KiB fragment buffer, queues). It exists only while it holds state
+ * that matters:
+ *   - a frame partly read: we count the bytes wslay pulled (rx_fed) and
+ *     the wire size of the frames it finished (rx_framed, from
+ *     on_frame_recv_start/end); equal means its input buffer is empty and
+ *     it waits for a frame header;
+ *   - a fragmented message in progress (FIN=0 until the last continuation);
+ *   - anything queued or half sent;
+ *   - any part of a closing handshake, or reading/writing switched off.
+ * Otherwise it is freed after each pump and created again when bytes
+ * arrive. Everything that must outlive it (close code, liveness, idle
+ * clock) lives in struct cl_ws, so recreation is invisible.
+ *
+ * Data frames skip wslay's queue: a server frame is unmasked, 2–10 header
+ * bytes and the payload, written straight into the output. That is safe at
+ * any time because wslay never holds half a frame between calls (send_cb
+ * always takes everything), and it keeps order: a message the handler
+ * sends from on_text and a close it queues after it leave in that order
+ * (wslay sends queued control frames, close included, ahead of queued data,
+ * so "answer, then close" through its queue would lose the answer). It is
+ * also cheaper: no context is created to send, nothing is allocated per
+ * token, and each payload is copied once (wslay copies every queued message
+ * before framing it). wslay still frames what it owns: pongs, close frames
+ * and their replies, pings while a context exists.
+ *
+ * Liveness: the connection's single timer is a tick every
+ * ws_ping_interval (STYLE 4; nothing is re-armed per frame, frames only
+ * set flags and timestamps). A tick that finds nothing received since the
+ * previous ping counts a miss; two misses in a row close with 1008 (RFC
+ * 6455 §7.4.1: policy violation — the peer breaks our keep-alive policy).
+ * A tick past ws_idle_timeout since the last data message closes with 1000
+ * "idle"; the idle limit is therefore enforced to within one tick. Once a
+ * close is sent the timer becomes the close-wait deadline.
+ *
+ * Lifetime (STYLE 1, 2): the cl_ws is freed in the connection's on_free.
+ * on_close fires once: as soon as the connection is known to be ending,
+ * but only from our own callbacks (data, timer, eof, drained, shutdown) —
+ * never inside a call the handler made into us (cl_ws_send_text,
+ * cl_ws_close), which instead leave it to the next callback or on_free.
+ */
+#include "ws_internal.h"
+
+#include "chatloop/api.h"
+#include "chatloop/log.h"
+#include "chatloop/version.h"
+#include "chatloop/worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <wslay/wslay.h>
+
+/* Above this much queued output producers should pause (unless a quarter
+ * of max_output_bytes is smaller): enough to keep a fast link busy for a
+ * few loop iterations, small enough that 1,000 paused sockets stay cheap. */
+#define HIGH_WATER_MAX (256 * 1024)
+/* How long a peer has to answer our close frame before the TCP connection
+ * is cut (RFC 6455 §7.1.1 leaves the wait to the server). */
+#define CLOSE_WAIT_MS 5000
+/* wslay_event_queue_close's limit on the reason (125 minus the code). */
+#define CLOSE_REASON_MAX 123
+
+struct cl_ws {
+    cl_conn *conn;
+    const cl_ws_handler *h;
+    void *ud;
+    wslay_event_context_ptr ctx;    /* NULL while quiescent (see top) */
+    const char *rx;                 /* bytes being fed to wslay (only inside pump) */
+    size_t rx_len;
+    uint64_t rx_fed;                /* bytes recv_cb handed to this ctx */
+    uint64_t rx_framed;             /* wire bytes of the frames it finished */
+    uint64_t frame_bytes;           /* wire size of the frame being read */
+    uint64_t last_msg_ms;           /* last data message from the peer (idle clock) */
+    uint16_t close_code;            /* first close code sent or received; 0: none yet */
+    uint8_t depth;                  /* >0 while wslay or the handler's on_close is on the stack */
+    uint8_t misses;                 /* pings in a row answered by nothing */
+    unsigned fragmented : 1;        /* a data message with FIN=0 is being received */
+    unsigned close_queued : 1;      /* we queued a close frame */
+    unsigned close_wait : 1;        /* our close is sent; the timer is its deadline */
+    unsigned notified : 1;          /* on_close has run: the handler is gone */
+    unsigned shutting_down : 1;
+    unsigned congested : 1;         /* went above the high-water mark; on_drain owed */
+    unsigned rx_since_ping : 1;     /* any byte from the peer since the last ping */
+    unsigned ping_outstanding : 1;
+    unsigned held_input : 1;        /* conn->in holds bytes for us (late upgrade) */
+};
+
+static const cl_conn_proto ws_proto;
+
+static uint64_t now_ms(const cl_ws *ws)
+{
+    return uv_now(ws->conn->w->loop);
+}
+
+static size_t high_water(const cl_conn *c)
+{
+    size_t hw = (size_t)(c->w->cfg->max_output_bytes / 4);
+    if (hw > HIGH_WATER_MAX)
+        hw = HIGH_WATER_MAX;
+    return hw ? hw : 1;
+}
+
+/* ---- UTF-8 ------------------------------------------------------------------- */
+
+static int is_cont(uint8_t b)
+{
+    return (b & 0xC0) == 0x80;
+}
+
+/* wslay checks text frames too (a DFA); this is our own check of the whole
+ * message just before the handler sees it, so the guarantee on_text makes
+ * does not rest on a library detail (RSV1 frames, for one, skip wslay's). */
+int cl_ws__utf8_valid(const uint8_t *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        /* ASCII runs (almost all JSON) eight bytes at a time */
+        if (len - i >= 8) {
+            uint64_t v;
+            memcpy(&v, s + i, 8);
+            if ((v & 0x8080808080808080ull) == 0) {
+                i += 8;
+                continue;
+            }
+        }
+        uint8_t b = s[i];
+        if (b < 0x80) {
+            i++;
+        } else if (b < 0xC2) {
+            return 0; /* a continuation byte first, or C0/C1: an overlong 2-byte form */
+        } else if (b < 0xE0) {
+            if (len - i < 2 || !is_cont(s[i + 1]))
+                return 0;
+            i += 2;
+        } else if (b < 0xF0) {
+            if (len - i < 3 || !is_cont(s[i + 1]) || !is_cont(s[i + 2]))
+                return 0;
+            if (b == 0xE0 && s[i + 1] < 0xA0)
+                return 0; /* overlong: below U+0800 */
+            if (b == 0xED && s[i + 1] >= 0xA0)
+                return 0; /* U+D800..U+DFFF: surrogates are not characters */
+            i += 3;
+        } else if (b < 0xF5) {
+            if (len - i < 4 || !is_cont(s[i + 1]) || !is_cont(s[i + 2]) || !is_cont(s[i + 3]))
+                return 0;
+            if (b == 0xF0 && s[i + 1] < 0x90)
+                return 0; /* overlong: below U+10000 */
+            if (b == 0xF4 && s[i + 1] >= 0x90)
+                return 0; /* above U+10FFFF */
+            i += 4;
+        } else {
+            return 0; /* F5..FF never occur in UTF-8 */
+        }
+    }
+    return 1;
+}
+
+/* ---- output ------------------------------------------------------------------ */
+
+/* cl_conn_write refuses when the connection is closing or when the bytes
+ * would pass max_output_bytes; in the second case it has just dropped the
+ * slow reader, which our close code says. */
+static int conn_write(cl_ws *ws, const void *data, size_t len)
+{
+    cl_conn *c = ws->conn;
+    int was_open = !c->closing;
+    if (cl_conn_write(c, data, len) == 0)
+        return 0;
+    if (was_open && c->closing && !ws->close_code)
+        ws->close_code = 1008;
+    return -1;
+}
+
+/* A server frame (unmasked, FIN set) straight into the output, byte for
+ * byte what wslay_frame_send writes (see the top on why). */
+static int write_frame(cl_ws *ws, uint8_t opcode, const void *data, size_t len)
+{
+    uint8_t h[10];
+    size_t hl;
+    h[0] = (uint8_t)(0x80 | opcode);
+    if (len < 126) {
+        h[1] = (uint8_t)len;
+        hl = 2;
+    } else if (len < 65536) {
+        h[1] = 126;
+        h[2] = (uint8_t)(len >> 8);
+        h[3] = (uint8_t)len;
+        hl = 4;
+    } else {
+        uint64_t v = len;
+        h[1] = 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (uint8_t)(v >> (56 - 8 * i));
+        hl = 10;
+    }
+    if (conn_write(ws, h, hl) != 0)
+        return -1;
+    return len ? conn_write(ws, data, len) : 0;
+}
+
+static size_t ws_pending(const cl_ws *ws)
+{
+    return cl_conn_pending_bytes(ws->conn) +
+           (ws->ctx ? wslay_event_get_queued_msg_length(ws->ctx) : 0);
+}
+
+static void drop_slow_reader(cl_ws *ws)
+{
+    cl_conn *c = ws->conn;
+    CL_WARN("ws %s: queued output would pass max_output_bytes; dropping slow reader", c->peer);
+    cl_metric_add(&c->w->metrics->slow_readers_dropped, 1);
+    if (!ws->close_code)
+        ws->close_code = 1008;
+    cl_conn_close(c);
+}
+
+/* ---- wslay callbacks ---------------------------------------------------------- */
+
+static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                       void *user_data)
+{
+    cl_ws *ws = user_data;
+    (void)flags;
+    if (ws->rx_len == 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    size_t n = len < ws->rx_len ? len : ws->rx_len;
+    memcpy(buf, ws->rx, n);
+    ws->rx += n;
+    ws->rx_len -= n;
+    ws->rx_fed += n;
+    return (ssize_t)n;
+}
+
+static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                       void *user_data)
+{
+    cl_ws *ws = user_data;
+    (void)flags;
+    if (conn_write(ws, data, len) != 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return (ssize_t)len;
+}
+
+/* Fails the connection (RFC 6455 §7.1.7): a close frame with `code`, and
+ * nothing more is read; the close is not waited for. */
+static void fail(cl_ws *ws, int code, const char *reason)
+{
+    wslay_event_shutdown_read(ws->ctx);
+    if (wslay_event_queue_close(ws->ctx, (uint16_t)code, (const uint8_t *)reason,
+                                strlen(reason)) == 0) {
+        ws->close_queued = 1;
+        if (!ws->close_code)
+            ws->close_code = (uint16_t)code;
+    }
+}
+
+static void on_frame_start(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_start_arg *arg, void *user_data)
+{
+    cl_ws *ws = user_data;
+    (void)ctx;
+    uint64_t n = arg->payload_length;
+    /* wslay has already refused unmasked client frames and non-minimal
+     * length encodings, so the header size follows from the length. */
+    ws->frame_bytes = 2 + 4 + n + (n < 126 ? 0 : n < 65536 ? 2 : 8);
+    if (!wslay_is_ctrl_frame(arg->opcode))
+        ws->fragmented = !arg->fin;
+    /* Refused at its first frame: a binary message is never buffered. */
+    if (arg->opcode == WSLAY_BINARY_FRAME)
+        fail(ws, 1003, "binary messages are not accepted");
+}
+
+static void on_frame_end(wslay_event_context_ptr ctx, void *user_data)
+{
+    cl_ws *ws = user_data;
+    (void)ctx;
+    ws->rx_framed += ws->frame_bytes;
+}
+
+static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                   void *user_data)
+{
+    cl_ws *ws = user_data;
+    cl_conn *c = ws->conn;
+    if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
+        if (!ws->close_code)
+            ws->close_code = arg->status_code ? arg->status_code : 1005;
+        return;
+    }
+    if (arg->opcode != WSLAY_TEXT_FRAME)
+        return; /* pings are answered by wslay; any byte already counted as liveness */
+    if (!cl_ws__utf8_valid(arg->msg, arg->msg_length)) {
+        fail(ws, 1007, "text message is not valid UTF-8");
+        return;
+    }
+    ws->last_msg_ms = now_ms(ws);
+    /* After our close frame the handler gets nothing new to start. */
+    if (ws->notified || ws->close_queued || c->closing || c->close_after_write)
+        return;
+    if (ws->h->on_text)
+        ws->h->on_text(ws, arg->msg ? (const char *)arg->msg : "", arg->msg_length);
+    /* The handler's answer may have dropped the connection (output cap):
+     * stop wslay from handing it the rest of this read. */
+    if (c->closing)
+        wslay_event_shutdown_read(ctx);
+}
+
+static const struct wslay_event_callbacks ws_callbacks = {
+    .recv_callback = recv_cb,
+    .send_callback = send_cb,
+    .on_frame_recv_start_callback = on_frame_start,
+    .on_frame_recv_end_callback = on_frame_end,
+    .on_msg_recv_callback = on_msg,
+};
+
+/* ---- the context: created on demand, freed when quiescent ---------------------- */
+
+static int ctx_ensure(cl_ws *ws)
+{
+    if (ws->ctx)
+        return 0;
+    if (wslay_event_context_server_init(&ws->ctx, &ws_callbacks, ws) != 0) {
+        ws->ctx = NULL; /* wslay freed its half-built context */
+        return -1;
+    }
+    /* STYLE 8: wslay's default would buffer a 2 GiB message. */
+    wslay_event_config_set_max_recv_msg_length(ws->ctx, ws->conn->w->cfg->max_ws_message_bytes);
+    ws->rx_fed = ws->rx_framed = 0;
+    ws->fragmented = 0;
+    return 0;
+}
+
+static int ctx_quiescent(const cl_ws *ws)
+{
+    wslay_event_context_ptr ctx = ws->ctx;
+    return !ws->close_queued && wslay_event_get_read_enabled(ctx) &&
+           wslay_event_get_write_enabled(ctx) && ws->rx_fed == ws->rx_framed &&
+           !ws->fragmented && wslay_event_get_queued_msg_count(ctx) == 0 &&
+           !wslay_event_want_write(ctx);
+}
+
+static void arm_tick(cl_ws *ws)
+{
+    cl_conn *c = ws->conn;
+    const cl_config *cfg = c->w->cfg;
+    if (ws->close_wait || c->closing || c->close_after_write)
+        return;
+    uint64_t ms = cfg->ws_ping_interval_ms ? cfg->ws_ping_interval_ms : cfg->ws_idle_timeout_ms;
+    cl_conn_set_timeout(c, ms);
+}
+
+/* After wslay ran: learn the close code wslay chose itself (1002, 1009),
+ * close the connection once the closing handshake is over, start the
+ * close-wait deadline once our close is out, or drop an idle context. */
+static void after_pump(cl_ws *ws)
+{
+    cl_conn *c = ws->conn;
+    wslay_event_context_ptr ctx = ws->ctx;
+    if (!ws->close_code && wslay_event_get_close_sent(ctx))
+        ws->close_code = wslay_event_get_status_code_sent(ctx);
+    if (c->closing || c->close_after_write)
+        return;
+    if (!wslay_event_want_read(ctx) && !wslay_event_want_write(ctx)) {
+        CL_DEBUG("ws %s: closing (%d)", c->peer, ws->close_code);
+        cl_conn_close_after_write(c);
+        return;
+    }
+    if (wslay_event_get_close_sent(ctx)) {
+        if (!ws->close_wait) {
+            ws->close_wait = 1;
+            cl_conn_set_timeout(c, CLOSE_WAIT_MS);
+        }
+        return;
+    }
+    if (ctx_quiescent(ws)) {
+        wslay_event_context_free(ctx);
+        ws->ctx = NULL;
+    }
+}
+
+/* Feeds ws->rx to wslay and sends what that queued. */
+static void pump(cl_ws *ws)
+{
+    cl_conn *c = ws->conn;
+    wslay_event_context_ptr ctx = ws->ctx;
+    ws->depth++;
+    if (ws->rx_len && wslay_event_want_read(ctx)) {
+        int r = wslay_event_recv(ctx);
+        if (r != 0 && !ws->close_code)
+            /* a framing error (wslay queued an empty close) or no memory */
+            ws->close_code = r == WSLAY_ERR_NOMEM ? 1011 : 1002;
+    }
+    /* Whatever wslay did not take, it will never read: it stopped reading. */
+    ws->rx = NULL;
+    ws->rx_len = 0;
+    if (!c->closing && wslay_event_send(ctx) != 0 && !c->closing)
+        cl_conn_close(c);
+    ws->depth--;
+    after_pump(ws);
+}
+
+/* Sends what we queued in wslay (a close, a ping) outside a read. Inside
+ * a pump (the handler closing from on_text) the pump on the stack sends
+ * it, after the recv that is still running. */
+static void pump_out(cl_ws *ws)
+{
+    cl_conn *c = ws->conn;
+    if (ws->depth)
+        return;
+    ws->depth++;
+    if (!c->closing && wslay_event_send(ws->ctx) != 0 && !c->closing)
+        cl_conn_close(c);
+    ws->depth--;
+    after_pump(ws);
+}
+
+static void notify_close(cl_ws *ws)
+{
+    if (ws->notified)
+        return;
+    ws->notified = 1;
+    int code = ws->close_code ? ws->close_code : 1006;
+    CL_DEBUG("ws %s: closed with %d", ws->conn->peer, code);
+    if (ws->h->on_close) {
+        ws->depth++;
+        ws->h->on_close(ws, code);
+        ws->depth--;
+    }
+}
+
+/* End of each of our callbacks: tell the handler as soon as the
+ * connection is known to be ending. */
+static void settle(cl_ws *ws)
+{
+    cl_conn *c = ws->conn;
+    if (ws->depth == 0 && (c->closing || c->close_after_write))
+        notify_close(ws);
+}
+
+static void out_of_memory(cl_ws *ws)
+{
+    CL_ERROR("ws %s: out of memory", ws->conn->peer);
+    if (!ws->close_code)
+        ws->close_code = 1011;
+    cl_conn_close(ws->conn);
+}
+
+/* ---- connection protocol ------------------------------------------------------ */
+
+static void ws_on_data(cl_conn *c, const char *data, size_t len)
+{
+    cl_ws *ws = c->proto_data;
+    if (ws->notified || c->closing || c->close_after_write)
+        return;
+    ws->rx_since_ping = 1;
+    if (ctx_ensure(ws) != 0) {
+        out_of_memory(ws);
+        settle(ws);
+        return;
+    }
+    ws->rx = data;
+    ws->rx_len = len;
+    pump(ws);
+    settle(ws);
+}
+
+static void send_ping(cl_ws *ws)
+{
+    if (ws->ctx) {
+        struct wslay_event_msg m = {WSLAY_PING, NULL, 0};
+        if (wslay_event_queue_msg(ws->ctx, &m) == 0)
+            pump_out(ws);
+        return;
+    }
+    write_frame(ws, WSLAY_PING, NULL, 0);
+}
+
+/* A late upgrade (the handler answered after the request's read): bytes
+ * the HTTP layer held meanwhile are ours, fed from the timer so that no
+ * handler callback runs inside the cl_ws_upgrade call. */
+static void feed_held_input(cl_ws *ws)
+{
+    cl_conn *c = ws->conn;
+    ws->held_input = 0;
+    cl_buf held = c->in;
+    cl_buf_init(&c->in, 0);
+    if (held.len)
+        ws_on_data(c, held.data, held.len);
+    cl_buf_release(&held);
+    if (ws->close_wait && !c->closing && !c->close_after_write)
+        cl_conn_set_timeout(c, CLOSE_WAIT_MS); /* this tick was also its deadline */
+    else
+        arm_tick(ws);
+}
+
+static void ws_on_timeout(cl_conn *c)
+{
+    cl_ws *ws = c->proto_data;
+    const cl_config *cfg = c->w->cfg;
+    if (ws->notified || c->close_after_write) {
+        /* our answer or close is stuck behind a peer that does not read */
+        cl_conn_close(c);
+        settle(ws);
+        return;
+    }
+    if (ws->held_input) {
+        feed_held_input(ws);
+        return;
+    }
+    if (ws->close_wait) {
+        CL_DEBUG("ws %s: no close reply within %dms", c->peer, CLOSE_WAIT_MS);
+        cl_conn_close(c);
+        settle(ws);
+        return;
+    }
+    if (ws->ping_outstanding && !ws->rx_since_ping)
+        ws->misses++;
+    else
+        ws->misses = 0;
+    const char *why = NULL;
+    int code = 0;
+    if (ws->misses >= 2) {
+        code = 1008;
+        why = "no answer to ping";
+    } else if (cfg->ws_idle_timeout_ms && now_ms(ws) - ws->last_msg_ms >= cfg->ws_idle_timeout_ms) {
+        code = 1000;
+        why = "idle";
+    }
+    if (why) {
+        CL_DEBUG("ws %s: closing: %s", c->peer, why);
+        cl_ws_close(ws, code, why);
+        /* a close already under way (wslay's own) has its own end; any
+         * other state without one must not outlive the tick */
+        if (!c->closing && !c->close_after_write && !ws->close_wait)
+            cl_conn_close(c);
+        settle(ws);
+        return;
+    }
+    if (cfg->ws_ping_interval_ms) {
+        send_ping(ws);
+        ws->ping_outstanding = 1;
+        ws->rx_since_ping = 0;
+    }
+    arm_tick(ws);
+    settle(ws);
+}
+
+static void ws_on_eof(cl_conn *c)
+{
+    cl_ws *ws = c->proto_data;
+    /* The peer sends nothing more; what we queued (a close reply) may
+     * still reach it. Without a close frame on_close reports 1006. */
+    cl_conn_close_after_write(c);
+    settle(ws);
+}
+
+static void ws_on_drained(cl_conn *c)
+{
+    cl_ws *ws = c->proto_data;
+    /* conn.c reports only "everything reached the kernel", which is below
+     * half the high-water mark by definition. */
+    if (ws->congested && !ws->notified && ws_pending(ws) <= high_water(c) / 2) {
+        ws->congested = 0;
+        if (ws->h->on_drain)
+            ws->h->on_drain(ws);
+    }
+    settle(ws);
+}
+
+static void ws_on_shutdown(cl_conn *c)
+{
+    cl_ws *ws = c->proto_data;
+    if (ws->notified || ws->shutting_down || c->closing || c->close_after_write)
+        return;
+    ws->shutting_down = 1;
+    if (ws->h->on_shutdown)
+        ws->h->on_shutdown(ws);
+    else
+        cl_ws_close(ws, 1001, "server shutting down");
+    settle(ws);
+}
+
+static void ws_on_free(cl_conn *c)
+{
+    cl_ws *ws = c->proto_data;
+    if (!ws)
+        return;
+    notify_close(ws);
+    wslay_event_context_free(ws->ctx);
+    c->proto_data = NULL;
+    free(ws);
+}
+
+static const cl_conn_proto ws_proto = {
+    .name = "websocket",
+    .on_data = ws_on_data,
+    .on_eof = ws_on_eof,
+    .on_drained = ws_on_drained,
+    .on_timeout = ws_on_timeout,
+    .on_shutdown = ws_on_shutdown,
+    .on_free = ws_on_free,
+};
+
+/* ---- API ---------------------------------------------------------------------- */
+
+cl_ws *cl_ws_upgrade(cl_req *r, const cl_ws_handler *h, void *ud)
+{
+    cl_conn *c = r->conn;
+    char accept[CL_WS_ACCEPT_LEN + 1];
+    if (cl_ws__check_handshake(r, accept) != 0)
+        return NULL;
+    if (c->w->draining) {
+        cl_api_error(r, CL_ERR_SERVICE_UNAVAILABLE, "server is shutting down", NULL, NULL);
+        return NULL;
+    }
+    cl_ws *ws = calloc(1, sizeof *ws);
+    if (!ws) {
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+        return NULL;
+    }
+    char head[192];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 101 Switching Protocols\r\n"
+                     "Upgrade: websocket\r\n"
+                     "Connection: Upgrade\r\n"
+                     "Sec-WebSocket-Accept: %s\r\n"
+                     "Server: chatloop/" CL_VERSION "\r\n"
+                     "\r\n",
+                     accept);
+    if (c->closing || cl_conn_write(c, head, (size_t)n) != 0) {
+        /* the peer is gone: the request ends like any abandoned answer */
+        free(ws);
+        cl_res_end(r);
+        return NULL;
+    }
+    /* Frees r and clears c->proto_data: it must precede set_proto. */
+    cl_http1_end_upgraded(r, 101, (size_t)n);
+    ws->conn = c;
+    ws->h = h;
+    ws->ud = ud;
+    ws->last_msg_ms = now_ms(ws);
+    cl_conn_set_proto(c, &ws_proto, ws);
+    c->proto_paused = 0;
+    if (!c->proto_busy && c->in.len) {
+        ws->held_input = 1;
+        cl_conn_set_timeout(c, 1);
+    } else {
+        arm_tick(ws);
+    }
+    /* Inside the HTTP proceed loop reading is on; after a late answer the
+     * HTTP layer may have stopped it to hold bytes. */
+    if (!c->reading && uv_is_readable((uv_stream_t *)&c->tcp))
+        cl_conn_read_start(c);
+    if (h->on_open)
+        h->on_open(ws);
+    return ws;
+}
+
+void *cl_ws_userdata(const cl_ws *ws)
+{
+    return ws->ud;
+}
+
+cl_conn *cl_ws_conn(const cl_ws *ws)
+{
+    return ws->conn;
+}
+
+int cl_ws_send_text(cl_ws *ws, const char *data, size_t len)
+{
+    cl_conn *c = ws->conn;
+    if (ws->notified || ws->close_queued || c->closing || c->close_after_write)
+        return -1;
+    /* wslay stopped reading (a close came in, or it failed the peer): its
+     * close frame is queued and nothing may follow it. */
+    if (ws->ctx && (!wslay_event_get_read_enabled(ws->ctx) ||
+                    !wslay_event_get_write_enabled(ws->ctx)))
+        return -1;
+    /* 10: the largest frame header */
+    if (ws_pending(ws) + len + 10 > c->w->cfg->max_output_bytes) {
+        drop_slow_reader(ws);
+        return -1;
+    }
+    if (write_frame(ws, WSLAY_TEXT_FRAME, data, len) != 0)
+        return -1;
+    if (ws_pending(ws) > high_water(c))
+        ws->congested = 1;
+    return 0;
+}
+
+size_t cl_ws_pending(const cl_ws *ws)
+{
+    return ws_pending(ws);
+}
+
+int cl_ws_congested(const cl_ws *ws)
+{
+    return ws_pending(ws) > high_water(ws->conn);
+}
+
+void cl_ws_close(cl_ws *ws, int code, const char *reason)
+{
+    cl_conn *c = ws->conn;
+    if (ws->notified || ws->close_queued || c->closing || c->close_after_write)
+        return;
+    if (ctx_ensure(ws) != 0) {
+        out_of_memory(ws);
+        return;
+    }
+    size_t rl = reason ? strlen(reason) : 0;
+    if (rl > CLOSE_REASON_MAX)
+        rl = CLOSE_REASON_MAX;
+    if (wslay_event_queue_close(ws->ctx, (uint16_t)code, (const uint8_t *)reason, rl) != 0)
+        return; /* wslay queued its own close already */
+    ws->close_queued = 1;
+    if (!ws->close_code)
+        ws->close_code = (uint16_t)code;
+    pump_out(ws);
+}
+
+int cl_ws_is_ws_proto(const cl_conn *c)
+{
+    return c->proto == &ws_proto;
+}
+
+/* ---- test hooks ---------------------------------------------------------------- */
+
+int cl_ws__has_ctx(const cl_ws *ws)
+{
+    return ws->ctx != NULL;
+}
+
+cl_ws *cl_ws__of_conn(const cl_conn *c)
+{
+    return cl_ws_is_ws_proto(c) ? c->proto_data : NULL;
+}

@@ -1,0 +1,468 @@
+/*
+ * ws_chat.c — the WebSocket chat protocol of SPEC §4 on GET /ws/chat.
+ *
+ * One chat object per socket holds its running queries: each is a turn
+ * (the same cl_turn as SSE uses) keyed by the client's session_id, which
+ * names a conversation. Several run at once, up to max_ws_sessions.
+ *
+ * Client → server: query, cancel, ping. Server → client: connected,
+ * status, stream_start, token, tool_call, stream_end, complete, error,
+ * pong. A cancelled query ends with
+ *   {"type":"stream_end","session_id":...,"timestamp":...,"reason":"cancelled"}
+ * and its partial answer is stored with status cancelled.
+ *
+ * Back-pressure: when the socket's queued output passes its high-water
+ * mark, every running turn pauses its upstream; they resume on drain. A
+ * reader that falls past max_output_bytes is dropped (1008) by the layer
+ * below, and its turns are cancelled like any client that left.
+ */
+#include "chatloop/api.h"
+#include "chatloop/app.h"
+#include "chatloop/auth.h"
+#include "chatloop/jsonw.h"
+#include "chatloop/log.h"
+#include "chatloop/router.h"
+#include "chatloop/turn.h"
+#include "chatloop/version.h"
+#include "chatloop/ws.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef struct chat chat;
+
+typedef struct session {
+    chat *ch;
+    struct session *next;
+    cl_turn *turn;
+    char id[129];               /* the client's session_id */
+    char conversation_id[37];
+    uint64_t t0_ns, first_token_ns;
+    int started;
+} session;
+
+struct chat {
+    cl_ws *ws;
+    char user_id[37];
+    session *sessions;          /* running queries */
+    int nsessions;
+    int paused;                 /* upstreams held for a slow reader */
+    int draining;               /* the worker is shutting down */
+    cl_buf out;                 /* one outgoing message, reused */
+};
+
+/* ---- sending ------------------------------------------------------------------ */
+
+static void send_buf(chat *ch)
+{
+    cl_ws_send_text(ch->ws, ch->out.data, ch->out.len);
+    if (!ch->paused && cl_ws_congested(ch->ws)) {
+        ch->paused = 1;
+        for (session *s = ch->sessions; s; s = s->next)
+            cl_turn_pause(s->turn, 1);
+    }
+}
+
+static cl_buf *begin(chat *ch, const char *type, const session *s)
+{
+    cl_buf *b = &ch->out;
+    cl_buf_reset(b);
+    cl_buf_printf(b, "{\"type\":\"%s\"", type);
+    if (s) {
+        cl_buf_append_str(b, ",\"session_id\":");
+        cl_jsonw_cstr(b, s->id);
+    }
+    return b;
+}
+
+static void send_error(chat *ch, const char *session_id, cl_err_code code, const char *message)
+{
+    cl_buf *b = &ch->out;
+    cl_buf_reset(b);
+    cl_buf_append_str(b, "{\"type\":\"error\"");
+    if (session_id) {
+        cl_buf_append_str(b, ",\"session_id\":");
+        cl_jsonw_cstr(b, session_id);
+    }
+    cl_buf_printf(b, ",\"error\":{\"code\":\"%s\",\"message\":", cl_err_name(code));
+    cl_jsonw_cstr(b, message);
+    cl_buf_append_str(b, "}}");
+    send_buf(ch);
+}
+
+static void send_status(chat *ch, const session *s, const char *status, const char *message)
+{
+    cl_buf *b = begin(ch, "status", s);
+    cl_buf_printf(b, ",\"status\":\"%s\",\"message\":", status);
+    cl_jsonw_cstr(b, message);
+    cl_buf_append_char(b, '}');
+    send_buf(ch);
+}
+
+static void send_stream_end(chat *ch, const session *s, const char *reason)
+{
+    char ts[40];
+    cl_iso_now(ts);
+    cl_buf *b = begin(ch, "stream_end", s);
+    cl_buf_printf(b, ",\"timestamp\":\"%s\"", ts);
+    if (reason)
+        cl_buf_printf(b, ",\"reason\":\"%s\"", reason);
+    cl_buf_append_char(b, '}');
+    send_buf(ch);
+}
+
+/* ---- sessions ------------------------------------------------------------------- */
+
+static void session_remove(session *s)
+{
+    chat *ch = s->ch;
+    for (session **p = &ch->sessions; *p; p = &(*p)->next) {
+        if (*p == s) {
+            *p = s->next;
+            break;
+        }
+    }
+    ch->nsessions--;
+    free(s);
+    if (ch->draining && ch->nsessions == 0)
+        cl_ws_close(ch->ws, 1001, "server shutting down");
+}
+
+static session *session_find(chat *ch, const char *id)
+{
+    for (session *s = ch->sessions; s; s = s->next)
+        if (strcmp(s->id, id) == 0)
+            return s;
+    return NULL;
+}
+
+static void turn_start(void *ud, const char *conversation_id, const char *message_id)
+{
+    session *s = ud;
+    chat *ch = s->ch;
+    (void)message_id;
+    snprintf(s->conversation_id, sizeof s->conversation_id, "%s", conversation_id);
+    s->started = 1;
+    send_status(ch, s, "generating", "the model is answering");
+    char ts[40];
+    cl_iso_now(ts);
+    cl_buf *b = begin(ch, "stream_start", s);
+    cl_buf_printf(b, ",\"conversation_id\":\"%s\",\"timestamp\":\"%s\"}", conversation_id, ts);
+    send_buf(ch);
+    if (ch->paused)
+        cl_turn_pause(s->turn, 1);
+}
+
+static void turn_token(void *ud, const char *text, size_t len)
+{
+    session *s = ud;
+    chat *ch = s->ch;
+    if (!s->first_token_ns)
+        s->first_token_ns = uv_hrtime();
+    cl_buf *b = begin(ch, "token", s);
+    cl_buf_append_str(b, ",\"token\":");
+    cl_jsonw_str(b, text, len);
+    cl_buf_append_char(b, '}');
+    send_buf(ch);
+}
+
+static void turn_done(void *ud, const char *data_json)
+{
+    session *s = ud;
+    chat *ch = s->ch;
+    s->turn = NULL;
+    send_stream_end(ch, s, NULL);
+    json_t *d = json_loads(data_json, 0, NULL);
+    uint64_t now = uv_hrtime();
+    double ttft = s->first_token_ns ? (double)(s->first_token_ns - s->t0_ns) / 1e6 : 0;
+    double total = (double)(now - s->t0_ns) / 1e6;
+    cl_buf *b = begin(ch, "complete", s);
+    cl_buf_append_str(b, ",\"conversation_id\":");
+    cl_jsonw_cstr(b, json_string_value(json_object_get(d, "conversation_id")));
+    cl_buf_append_str(b, ",\"message_id\":");
+    cl_jsonw_cstr(b, json_string_value(json_object_get(d, "message_id")));
+    cl_buf_append_str(b, ",\"answer\":{\"text\":");
+    cl_jsonw_cstr(b, json_string_value(json_object_get(d, "response")));
+    cl_buf_append_str(b, ",\"model_used\":");
+    cl_jsonw_cstr(b, json_string_value(json_object_get(d, "model_used")));
+    cl_buf_append_str(b, "},\"usage\":");
+    char *usage = json_dumps(json_object_get(d, "usage"), JSON_COMPACT);
+    cl_buf_append_str(b, usage ? usage : "{}");
+    free(usage);
+    cl_buf_printf(b, ",\"metadata\":{\"documents_used\":%zu,\"history_messages\":%lld,\"ttft_ms\":",
+                  json_array_size(json_object_get(d, "documents_retrieved")),
+                  (long long)json_integer_value(json_object_get(d, "history_messages")));
+    cl_jsonw_ms(b, ttft);
+    cl_buf_append_str(b, ",\"total_ms\":");
+    cl_jsonw_ms(b, total);
+    cl_buf_append_str(b, "}}");
+    json_decref(d);
+    send_buf(ch);
+    session_remove(s);
+}
+
+static void turn_error(void *ud, cl_err_code code, const char *message)
+{
+    session *s = ud;
+    chat *ch = s->ch;
+    s->turn = NULL;
+    if (s->started)
+        send_stream_end(ch, s, "error");
+    send_error(ch, s->id, code, message);
+    session_remove(s);
+}
+
+static const cl_turn_sink ws_sink = {
+    .on_start = turn_start,
+    .on_token = turn_token,
+    .on_done = turn_done,
+    .on_error = turn_error,
+};
+
+/* ---- client messages ------------------------------------------------------------- */
+
+static void on_query(chat *ch, json_t *msg)
+{
+    const char *sid = json_string_value(json_object_get(msg, "session_id"));
+    if (!sid || !*sid || strlen(sid) > 128) {
+        send_error(ch, NULL, CL_ERR_INVALID_REQUEST,
+                   "'session_id' is required: a string of 1 to 128 characters");
+        return;
+    }
+    json_t *q = json_object_get(msg, "question");
+    if (!json_is_string(q)) {
+        send_error(ch, sid, CL_ERR_INVALID_REQUEST, "'question' is required and must be a string");
+        return;
+    }
+    if (ch->draining) {
+        send_error(ch, sid, CL_ERR_SERVICE_UNAVAILABLE, "the server is shutting down");
+        return;
+    }
+    if (session_find(ch, sid)) {
+        send_error(ch, sid, CL_ERR_INVALID_REQUEST, "a query is already running for this session_id");
+        return;
+    }
+    cl_app *app = cl_app_current();
+    const cl_config *cfg = app->w->cfg;
+    if (ch->nsessions >= cfg->max_ws_sessions) {
+        char m[96];
+        snprintf(m, sizeof m, "too many queries at once on this connection (max_ws_sessions %d)",
+                 cfg->max_ws_sessions);
+        send_error(ch, sid, CL_ERR_RATE_LIMITED, m);
+        return;
+    }
+    if (!app->db || !cl_db_available(app->db)) {
+        send_error(ch, sid, CL_ERR_DB_UNAVAILABLE, "the database is unavailable; try again shortly");
+        return;
+    }
+    /* The turn reads the same fields as the REST body, with the question
+     * as its message. */
+    json_object_set(msg, "message", q);
+    cl_turn_input in;
+    memset(&in, 0, sizeof in);
+    int stream;
+    const char *field = NULL;
+    char why[200];
+    if (cl_turn_parse_input(msg, cfg, &in, &stream, &field, why, sizeof why) != 0) {
+        if (field && strcmp(field, "message") == 0) {
+            /* name the field as the client knows it */
+            char fixed[220];
+            const char *rest = strstr(why, "'message'");
+            snprintf(fixed, sizeof fixed, "'question'%s", rest ? rest + 9 : "");
+            send_error(ch, sid, CL_ERR_INVALID_REQUEST, fixed);
+        } else {
+            send_error(ch, sid, CL_ERR_INVALID_REQUEST, why);
+        }
+        return;
+    }
+    const char *conv = json_string_value(json_object_get(msg, "conversation_id"));
+    if (conv && !cl_uuid_valid(conv)) {
+        send_error(ch, sid, CL_ERR_NOT_FOUND, "conversation not found");
+        return;
+    }
+    session *s = calloc(1, sizeof *s);
+    if (!s) {
+        send_error(ch, sid, CL_ERR_PROCESSING_ERROR, "out of memory");
+        return;
+    }
+    s->ch = ch;
+    snprintf(s->id, sizeof s->id, "%s", sid);
+    s->t0_ns = uv_hrtime();
+    in.user_id = ch->user_id;
+    in.conversation_id = conv;
+    in.session_key = conv ? NULL : sid;
+    s->next = ch->sessions;
+    ch->sessions = s;
+    ch->nsessions++;
+    send_status(ch, s, "loading_history", "loading the conversation");
+    s->turn = cl_turn_start(app, &in, &ws_sink, s);
+    if (!s->turn) {
+        send_error(ch, sid, CL_ERR_PROCESSING_ERROR, "cannot start the query");
+        session_remove(s);
+    }
+}
+
+static void on_cancel(chat *ch, json_t *msg)
+{
+    const char *sid = json_string_value(json_object_get(msg, "session_id"));
+    if (!sid) {
+        send_error(ch, NULL, CL_ERR_INVALID_REQUEST, "'session_id' is required");
+        return;
+    }
+    session *s = session_find(ch, sid);
+    if (!s) {
+        send_error(ch, sid, CL_ERR_NOT_FOUND, "no query is running for this session_id");
+        return;
+    }
+    /* the upstream goes now; what streamed is stored as cancelled */
+    cl_turn_cancel(s->turn);
+    s->turn = NULL;
+    send_stream_end(ch, s, "cancelled");
+    session_remove(s);
+}
+
+static void on_text(cl_ws *ws, const char *data, size_t len)
+{
+    chat *ch = cl_ws_userdata(ws);
+    json_error_t jerr;
+    json_t *msg = json_loadb(data, len, 0, &jerr);
+    if (!msg || !json_is_object(msg)) {
+        char m[256];
+        if (msg)
+            snprintf(m, sizeof m, "a message must be a JSON object");
+        else
+            snprintf(m, sizeof m, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
+                     jerr.text);
+        send_error(ch, NULL, CL_ERR_INVALID_REQUEST, m);
+        json_decref(msg);
+        return;
+    }
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    if (!type)
+        send_error(ch, NULL, CL_ERR_INVALID_REQUEST, "'type' is required: query, cancel or ping");
+    else if (strcmp(type, "query") == 0)
+        on_query(ch, msg);
+    else if (strcmp(type, "cancel") == 0)
+        on_cancel(ch, msg);
+    else if (strcmp(type, "ping") == 0) {
+        cl_buf *b = begin(ch, "pong", NULL);
+        cl_buf_append_char(b, '}');
+        send_buf(ch);
+    } else {
+        char m[160];
+        snprintf(m, sizeof m, "unknown type \"%.64s\": expected query, cancel or ping", type);
+        send_error(ch, NULL, CL_ERR_INVALID_REQUEST, m);
+    }
+    json_decref(msg);
+}
+
+/* ---- socket events ----------------------------------------------------------------- */
+
+static void on_open(cl_ws *ws)
+{
+    chat *ch = cl_ws_userdata(ws);
+    ch->ws = ws;
+    cl_buf *b = begin(ch, "connected", NULL);
+    cl_buf_append_str(b, ",\"user_id\":");
+    cl_jsonw_cstr(b, ch->user_id);
+    cl_buf_append_str(b, ",\"server\":\"chatloop/" CL_VERSION "\"}");
+    send_buf(ch);
+}
+
+static void on_drain(cl_ws *ws)
+{
+    chat *ch = cl_ws_userdata(ws);
+    if (!ch->paused)
+        return;
+    ch->paused = 0;
+    for (session *s = ch->sessions; s; s = s->next)
+        cl_turn_pause(s->turn, 0);
+}
+
+static void on_shutdown(cl_ws *ws)
+{
+    chat *ch = cl_ws_userdata(ws);
+    ch->draining = 1;
+    /* running answers finish first (bounded by drain_timeout) */
+    if (ch->nsessions == 0)
+        cl_ws_close(ws, 1001, "server shutting down");
+}
+
+static void on_close(cl_ws *ws, int code)
+{
+    chat *ch = cl_ws_userdata(ws);
+    (void)code;
+    /* the client is gone: every running turn stops, its partial answer
+     * stored as cancelled */
+    while (ch->sessions) {
+        session *s = ch->sessions;
+        ch->sessions = s->next;
+        cl_turn_cancel(s->turn);
+        free(s);
+    }
+    cl_buf_release(&ch->out);
+    free(ch);
+}
+
+static const cl_ws_handler chat_handler = {
+    .on_open = on_open,
+    .on_text = on_text,
+    .on_drain = on_drain,
+    .on_close = on_close,
+    .on_shutdown = on_shutdown,
+};
+
+/* GET /ws/chat?token=JWT (or Authorization: Bearer): checked before the
+ * upgrade, so a bad token is a plain 401. */
+static void ws_chat(cl_req *r)
+{
+    const cl_config *cfg = r->conn->w->cfg;
+    char user_id[37];
+    char why[96] = "missing token: pass ?token=<JWT> or Authorization: Bearer <JWT>";
+    const char *tok = NULL;
+    size_t tlen = 0;
+    size_t qlen;
+    const char *q = cl_req_query(r, &qlen);
+    for (const char *p = q; p && p < q + qlen;) {
+        const char *amp = memchr(p, '&', (size_t)(q + qlen - p));
+        const char *end = amp ? amp : q + qlen;
+        if (end - p > 6 && memcmp(p, "token=", 6) == 0) {
+            tok = p + 6;
+            tlen = (size_t)(end - tok);
+        }
+        p = amp ? amp + 1 : end;
+    }
+    if (!tok) {
+        size_t hl;
+        const char *h = cl_req_header(r, "authorization", &hl);
+        if (h && hl > 7 && strncasecmp(h, "Bearer ", 7) == 0) {
+            tok = h + 7;
+            tlen = hl - 7;
+        }
+    }
+    int ok = cfg->auth == CL_AUTH_OFF || tok;
+    if (ok)
+        ok = cl_auth_token_user(cfg, tok ? tok : "", tlen, user_id, why, sizeof why);
+    if (!ok) {
+        cl_api_error(r, CL_ERR_UNAUTHORIZED, why, NULL, "WWW-Authenticate: Bearer\r\n");
+        return;
+    }
+    chat *ch = calloc(1, sizeof *ch);
+    if (!ch) {
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+        return;
+    }
+    memcpy(ch->user_id, user_id, sizeof ch->user_id);
+    cl_buf_init(&ch->out, 0);
+    if (!cl_ws_upgrade(r, &chat_handler, ch)) {
+        /* the request was answered (400/426) */
+        free(ch);
+    }
+}
+
+int cl_ws_routes(cl_router *r)
+{
+    return cl_router_add(r, "GET", "/ws/chat", ws_chat);
+}
