@@ -371,6 +371,7 @@ const char *cl_http_reason(int status)
     case 415: return "Unsupported Media Type";
     case 417: return "Expectation Failed";
     case 422: return "Unprocessable Entity";
+    case 426: return "Upgrade Required";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
@@ -750,22 +751,36 @@ static void proceed(cl_conn *c, const char *data, size_t len)
             size_t used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
             data += used;
             len -= used;
-            if (err == HPE_PAUSED) {
-                llhttp_resume(&c->parser);
-                dispatch(conn_req(c));
-                continue;
+            if (err == HPE_PAUSED_UPGRADE) {
+                /* Not reached: an Upgrade request leaves the loop below
+                 * once dispatched. Defensive: nothing after it is HTTP. */
+                cl_conn_close_after_write(c);
+                break;
             }
-            /* An Upgrade request: what follows is the new protocol's, so
-             * unless the handler switched protocols (cl_ws_upgrade), the
-             * answer is the last thing on this connection. */
-            conn_req(c)->keep_alive = 0;
-            dispatch(conn_req(c));
-            if (c->proto != &http1_proto && !c->closing) {
+            /* on_message_complete paused: one whole request. llhttp
+             * reports an Upgrade request this way too (HPE_PAUSED_UPGRADE
+             * only comes on the next execute), with parser.upgrade set. */
+            llhttp_resume(&c->parser);
+            cl_req *req = conn_req(c);
+            int upgrade = c->parser.upgrade;
+            if (upgrade) {
+                /* What follows is the new protocol's: unless the handler
+                 * switches protocols (cl_ws_upgrade), its answer is the
+                 * last thing on this connection. */
+                req->keep_alive = 0;
+            }
+            dispatch(req);
+            if (!upgrade)
+                continue;
+            if (c->proto != &http1_proto) {
+                /* req is gone; the rest of this read is the new protocol's */
                 c->proto_busy = 0;
-                if (len)
+                if (len && !c->closing)
                     c->proto->on_data(c, data, len);
                 return;
             }
+            if (conn_req(c) && len && !c->closing && cl_buf_append(&c->in, data, len) != 0)
+                cl_conn_close(c); /* answered later: a late cl_ws_upgrade takes them */
             break;
         }
         refuse_and_close(c, err);
