@@ -96,24 +96,10 @@ static int parse_flags(int argc, char **argv, cli *o, cl_config *cfg, int apply,
             o->migrate = 1;
             continue;
         }
-        if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
-            snprintf(err, CL_ERRBUF, "unexpected argument \"%s\" (see --help)", a);
-            return -1;
-        }
         char key[128];
         const char *value;
-        const char *eq = strchr(a + 2, '=');
-        if (eq) {
-            snprintf(key, sizeof key, "%.*s", (int)(eq - a - 2), a + 2);
-            value = eq + 1;
-        } else {
-            snprintf(key, sizeof key, "%s", a + 2);
-            if (i + 1 >= argc) {
-                snprintf(err, CL_ERRBUF, "--%s needs a value", key);
-                return -1;
-            }
-            value = argv[++i];
-        }
+        if (cl_config_flag(argc, argv, &i, key, sizeof key, &value, err) != 0)
+            return -1;
         if (strcmp(key, "config") == 0) {
             o->config_path = value;
             o->config_required = 1;
@@ -144,17 +130,6 @@ static int load_config(int argc, char **argv, cl_config *cfg, cli *o)
         return -1;
     }
     return 0;
-}
-
-/* Each connection is a descriptor; the usual soft limit of 1024 would cap a
- * worker far below what it can hold. Raise it to the hard limit. */
-static void raise_fd_limit(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
 }
 
 /* ---- supervisor ------------------------------------------------------------- */
@@ -360,7 +335,7 @@ int main(int argc, char **argv)
     }
     if (cfg.workers > MAX_WORKERS)
         cfg.workers = MAX_WORKERS;
-    raise_fd_limit();
+    cl_raise_fd_limit();
     cl_log_setup(cfg.log_level, cfg.log_format, "main");
     if (cl_app_prepare(&cfg) != 0) {
         cl_config_free(&cfg);

@@ -146,6 +146,15 @@ char *cl_config_dump(const cl_config *cfg);
  *  scheme://user:pw@host and "... password=pw ..." forms), for logs. */
 void cl_redact_url(const char *url, char *out, size_t outlen);
 
+/**
+ * Reads one `--key value` or `--key=value` flag at argv[*i] (advancing *i
+ * past a separate value) into key and *value. -1 with err for anything
+ * that is not a flag or lacks its value. Shared by chatloop and
+ * chatloop-mock so both read flags the same way.
+ */
+int cl_config_flag(int argc, char **argv, int *i, char *key, size_t keylen, const char **value,
+                   char err[CL_ERRBUF]);
+
 /** Number of keys in the table, and the name / default / doc of key i. */
 size_t cl_config_key_count(void);
 const char *cl_config_key_name(size_t i);

@@ -92,6 +92,11 @@ void cl_worker_wake_flush(cl_worker *w);
 /** Called when draining work finishes: stops the loop once nothing is left. */
 void cl_worker_maybe_stop(cl_worker *w);
 
+/** Raises the open-files soft limit to the hard limit: every connection is a
+ *  descriptor, and the usual 1024 would cap a worker far below what it can
+ *  hold. Called once at startup. */
+void cl_raise_fd_limit(void);
+
 /** Opens a listening socket on cfg's address with SO_REUSEPORT set.
  *  Returns the fd, or -1 with err set. Used by workers and by the
  *  supervisor's startup check. `do_listen` 0 only binds. */

@@ -883,3 +883,25 @@ size_t cl_config_key_count(void) { return NKEYS; }
 const char *cl_config_key_name(size_t i) { return i < NKEYS ? keys[i].name : NULL; }
 const char *cl_config_key_default(size_t i) { return i < NKEYS ? keys[i].def : NULL; }
 const char *cl_config_key_doc(size_t i) { return i < NKEYS ? keys[i].doc : NULL; }
+
+int cl_config_flag(int argc, char **argv, int *i, char *key, size_t keylen, const char **value,
+                   char err[CL_ERRBUF]) {
+    const char *a = argv[*i];
+    if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
+        snprintf(err, CL_ERRBUF, "unexpected argument \"%s\" (see --help)", a);
+        return -1;
+    }
+    const char *eq = strchr(a + 2, '=');
+    if (eq) {
+        snprintf(key, keylen, "%.*s", (int)(eq - a - 2), a + 2);
+        *value = eq + 1;
+        return 0;
+    }
+    snprintf(key, keylen, "%s", a + 2);
+    if (*i + 1 >= argc) {
+        snprintf(err, CL_ERRBUF, "--%s needs a value", key);
+        return -1;
+    }
+    *value = argv[++*i];
+    return 0;
+}

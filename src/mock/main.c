@@ -135,24 +135,10 @@ static int parse_flags(int argc, char **argv, cl_config *cfg, mock_options *opt,
             cl_config_free(cfg);
             exit(0);
         }
-        if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
-            snprintf(err, CL_ERRBUF, "unexpected argument \"%s\" (see --help)", a);
-            return -1;
-        }
         char key[128];
         const char *value;
-        const char *eq = strchr(a + 2, '=');
-        if (eq) {
-            snprintf(key, sizeof key, "%.*s", (int)(eq - a - 2), a + 2);
-            value = eq + 1;
-        } else {
-            snprintf(key, sizeof key, "%s", a + 2);
-            if (i + 1 >= argc) {
-                snprintf(err, CL_ERRBUF, "--%s needs a value", key);
-                return -1;
-            }
-            value = argv[++i];
-        }
+        if (cl_config_flag(argc, argv, &i, key, sizeof key, &value, err) != 0)
+            return -1;
         if (strcmp(key, "record") == 0) {
             char *end;
             long n = strtol(value, &end, 10);
@@ -169,17 +155,6 @@ static int parse_flags(int argc, char **argv, cl_config *cfg, mock_options *opt,
             return -1;
     }
     return 0;
-}
-
-/* Every stream is a descriptor: the usual soft limit of 1024 would cap the
- * mock far below what its loop holds. */
-static void raise_fd_limit(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
 }
 
 int main(int argc, char **argv)
@@ -202,7 +177,7 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    raise_fd_limit();
+    cl_raise_fd_limit();
     cl_log_setup(cfg.log_level, cfg.log_format, "mock");
     cl_metrics_slot *slots = cl_metrics_map(1);
     if (!slots) {
