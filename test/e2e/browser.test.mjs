@@ -60,6 +60,7 @@ async function server(opts) {
   const db = await pg.freshDatabase();
   const s = await startServer({ ...STREAM, databaseUrl: db.url, ...opts });
   servers.push(s);
+  s.db = db;
   return s;
 }
 
@@ -197,7 +198,6 @@ test('auth off: the answer streams in, completes, and a second one is cancelled 
     assert.equal(await page.isEnabled('#send'), true);
     const conv1 = await b1.getAttribute('data-conversation-id');
     assert.match(conv1 || '', /^[0-9a-f-]{36}$/, 'stream_start named the conversation');
-    await page.screenshot({ path: SCREENSHOT, fullPage: true });
 
     // 2. cancel while it streams (sent with Enter this time)
     const b2 = await ask(page, 'And now stop halfway.', { enter: true });
@@ -214,6 +214,18 @@ test('auth off: the answer streams in, completes, and a second one is cancelled 
     assert.equal((await answerState(b2))[1], text2);
     assert.equal(await page.isDisabled('#cancel'), true);
     assert.equal(await page.isEnabled('#send'), true);
+    // what the page showed is what was stored, marked cancelled
+    const conv2 = await b2.getAttribute('data-conversation-id');
+    assert.equal(conv2, conv1, 'the same conversation (session_id) as the first question');
+    let rows = [];
+    for (const deadline = Date.now() + WAIT; Date.now() < deadline; await sleep(50)) {
+      rows = (await s.db.query(
+        "SELECT content, status FROM messages WHERE conversation_id = $1 AND role = 'assistant' ORDER BY created_at",
+        [conv1],
+      )).rows;
+      if (rows.length === 2) break;
+    }
+    assert.deepEqual(rows, [{ content: FULL, status: 'complete' }, { content: text2, status: 'cancelled' }]);
 
     // 3. a new conversation gets a conversation of its own
     await page.click('#new-conversation');
@@ -223,6 +235,7 @@ test('auth off: the answer streams in, completes, and a second one is cancelled 
     assert.equal(r3.text, FULL);
     const conv3 = await b3.getAttribute('data-conversation-id');
     assert.ok(conv3 && conv3 !== conv1, `a new conversation: ${conv1} then ${conv3}`);
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
 
     assert.deepEqual(problems, [], 'no console errors');
   } finally {
@@ -236,6 +249,7 @@ test('auth required: register and log in through the form, then a question strea
   try {
     await page.waitForSelector('#login-panel', { state: 'visible' });
     assert.equal(await page.isVisible('#chat'), false, 'no chat before logging in');
+    assert.equal(await page.textContent('#status'), 'not logged in');
     const email = `browser${process.pid}.${Date.now()}@example.test`;
     await page.fill('#email', email);
     await page.fill('#password', 'a good password');

@@ -85,6 +85,7 @@
     ui.send.disabled = !connected || !!running;
     ui.cancel.disabled = !connected || !running || running.cancelling;
     ui.newConversation.disabled = !connected;
+    ui.newConversation.hidden = ui.chat.hidden;
     ui.logout.hidden = authOff || !token;
   }
 
