@@ -9,22 +9,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
-CHATLOOP_DEPS_BENCH=1 bash scripts/deps.sh
-make --no-print-directory >/dev/null
+. scripts/bench-lib.sh
 DUR=${DUR:-10}
 TOKENS=100
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$tmp/nginx.pid" ] && kill "$(cat "$tmp/nginx.pid")" 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-tck=$(getconf CLK_TCK)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1$2" >/dev/null && return 0; sleep 0.1; done; echo "nothing on $1" >&2; return 1; }
-ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 
 cat >"$tmp/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -37,9 +24,9 @@ LUA
 row() {
   local name=$1 port=$2 conc=$3; shift 3
   local t0 t1 out n rps errs
-  t0=$(ticks "$@")
+  t0=$(cpu_ticks "$@")
   out=$(wrk -t1 -c"$conc" -d"${DUR}s" -s "$tmp/post.lua" "http://127.0.0.1:$port/v1/chat/completions")
-  t1=$(ticks "$@")
+  t1=$(cpu_ticks "$@")
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {printf "%s ", $0}')
