@@ -31,11 +31,15 @@ LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(LLHTTP_OBJS) $(ASSET_OBJ)
 MAIN_OBJ  := $(BUILD)/src/main.o
 MOCK_SRCS := $(sort $(wildcard src/mock/*.c))
 MOCK_OBJS := $(MOCK_SRCS:%.c=$(BUILD)/%.o)
+# chatbench: the load generator (src/bench/); its test links all but main.
+BENCH_SRCS := $(sort $(wildcard src/bench/*.c))
+BENCH_OBJS := $(BENCH_SRCS:%.c=$(BUILD)/%.o)
+BENCH_LIB_OBJS := $(filter-out $(BUILD)/src/bench/main.o,$(BENCH_OBJS))
 UNIT_SRCS := $(sort $(wildcard test/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(BUILD)/test/%)
 
 .PHONY: all test asan run bench fuzz clean deps unit
-all: $(BUILD)/chatloop $(if $(MOCK_SRCS),$(BUILD)/chatloop-mock) $(UNIT_BINS)
+all: $(BUILD)/chatloop $(if $(MOCK_SRCS),$(BUILD)/chatloop-mock) $(BUILD)/chatbench $(UNIT_BINS)
 
 $(BUILD) $(BUILD)/third_party $(BUILD)/test:
 	@mkdir -p $@
@@ -57,6 +61,13 @@ $(BUILD)/chatloop: $(MAIN_OBJ) $(LIB_OBJS)
 
 # chatloop-mock: the OpenAI-compatible fake upstream, on the same HTTP core.
 $(BUILD)/chatloop-mock: $(MOCK_OBJS) $(LIB_OBJS)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# chatbench: the load generator, on libuv, llhttp and wslay like the server.
+$(BUILD)/chatbench: $(BENCH_OBJS) $(LIB_OBJS)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/test/test_bench: $(BUILD)/test/unit/test_bench.o $(BENCH_LIB_OBJS) $(LIB_OBJS) | $(BUILD)/test
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/test/%: $(BUILD)/test/unit/%.o $(LIB_OBJS) | $(BUILD)/test

@@ -120,6 +120,14 @@ static int fault_point(const mock_gen *g)
     return at < g->pieces ? at : g->pieces;
 }
 
+int mock_corrupt_piece(const mock_gen *g)
+{
+    if (g->plan.fault != MOCK_FAULT_CORRUPT || g->plan.tool || g->pieces == 0)
+        return -1;
+    int at = g->plan.fault_after >= 0 ? g->plan.fault_after : g->pieces / 2;
+    return at < g->pieces ? at : g->pieces - 1;
+}
+
 /* Ends the response after the final bytes in b. */
 static void end_stream(mock_gen *g, cl_buf *b)
 {

@@ -105,7 +105,10 @@ static void usage(FILE *out)
 "  groq_error  stream: after 3 tokens a chunk with x_groq.error = \"mock upstream\n"
 "              failure\", then the response ends (no [DONE]); non-stream: 500\n"
 "  error_chunk same, but OpenAI's form: data: {\"error\":{\"message\",\"type\",\"code\"}}\n"
-"  slow_first  first token after X-Mock-First-Token-Ms, default 2000 ms\n");
+"  slow_first  first token after X-Mock-First-Token-Ms, default 2000 ms\n"
+"  corrupt     the answer is complete but token X-Mock-Fault-After (default: the\n"
+"              middle one) ends in 'X' instead of its digit (\"tok1 tok2 tok3\" ->\n"
+"              \"tok1 tokX tok3\"), so a client that checks answers must see an error\n");
 }
 
 /* Durations given to the mock's own pacing flags may be bare milliseconds

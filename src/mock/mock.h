@@ -38,6 +38,7 @@ typedef enum {
     MOCK_FAULT_GROQ_ERROR,  /* an x_groq.error chunk, then the end */
     MOCK_FAULT_ERROR_CHUNK, /* an OpenAI-style {"error":{..}} chunk, then the end */
     MOCK_FAULT_SLOW_FIRST,  /* the first token comes late (default 2 s) */
+    MOCK_FAULT_CORRUPT,     /* one token's text is wrong; otherwise a normal answer */
 } mock_fault_kind;
 
 /* Everything an answer needs, decided when the request arrives. */
@@ -130,6 +131,8 @@ int mock_wire_error_chunk(cl_buf *b);
 int mock_wire_completion(cl_buf *b, const mock_gen *g, double completion_s);
 
 /* gen.c */
+/** The content piece whose text the `corrupt` fault alters, or -1. */
+int mock_corrupt_piece(const mock_gen *g);
 struct mock_gen {
     uv_timer_t timer;               /* paces the answer; closed in gen_finish */
     mock_app *app;                  /* NULL once finished */

@@ -59,6 +59,7 @@ int mock_fault_parse(const char *s, size_t len, mock_fault_kind *kind, int *stat
         {"cut", MOCK_FAULT_CUT},           {"stall", MOCK_FAULT_STALL},
         {"malformed", MOCK_FAULT_MALFORMED}, {"groq_error", MOCK_FAULT_GROQ_ERROR},
         {"slow_first", MOCK_FAULT_SLOW_FIRST}, {"error_chunk", MOCK_FAULT_ERROR_CHUNK},
+        {"corrupt", MOCK_FAULT_CORRUPT},
         {"none", MOCK_FAULT_NONE},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
@@ -255,7 +256,7 @@ int mock_plan_build(mock_app *a, cl_req *r, json_t *root, mock_plan *p)
         if (mock_fault_parse(fv, flen, &p->fault, &p->fault_status) != 0) {
             mock_send_error(a, r, 400, "invalid_request_error", "invalid_request",
                             "X-Mock-Fault: unknown fault (429, 500, any 4xx/5xx, cut, stall, "
-                            "malformed, groq_error, error_chunk, slow_first)", NULL);
+                            "malformed, groq_error, error_chunk, slow_first, corrupt)", NULL);
             return -1;
         }
     } else if (strncmp(p->model, "mock-", 5) == 0) {

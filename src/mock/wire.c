@@ -52,6 +52,8 @@ int mock_wire_piece_chunk(cl_buf *b, const mock_gen *g, int i)
     if (!g->plan.tool) {
         char tok[CL_MOCK_TOKEN_MAX];
         size_t n = cl_mock_token((unsigned)i, tok);
+        if (i == mock_corrupt_piece(g))
+            tok[n - 1] = 'X';
         cl_buf_append_str(b, "\"content\":\"");
         cl_buf_append(b, tok, n);
         cl_buf_append_char(b, '"');
@@ -143,8 +145,13 @@ int mock_wire_completion(cl_buf *b, const mock_gen *g, double completion_s)
     } else {
         cl_buf_append_char(b, '"');
         char tok[CL_MOCK_TOKEN_MAX];
-        for (int i = 0; i < g->plan.ntokens; i++)
-            cl_buf_append(b, tok, cl_mock_token((unsigned)i, tok));
+        int bad = mock_corrupt_piece(g);
+        for (int i = 0; i < g->plan.ntokens; i++) {
+            size_t n = cl_mock_token((unsigned)i, tok);
+            if (i == bad)
+                tok[n - 1] = 'X';
+            cl_buf_append(b, tok, n);
+        }
         cl_buf_append_char(b, '"');
     }
     cl_buf_append_str(b, "},\"logprobs\":null,\"finish_reason\":\"");
