@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# `make bench`: the standard scenarios of SPEC §9, measured with chatbench on
+# loopback against chatloop (workers = auto) with chatloop-mock upstream and
+# a throwaway PostgreSQL; nginx relaying the same mock is the reference for
+# scenario 1. Prints one table and writes it as JSON to
+# bench/results/<UTC date and time>.json. Every process started here is
+# stopped at the end (bench-lib.sh), and only 127.0.0.x is used.
+#
+#   (1) relay throughput: 256 concurrent SSE turns of 100 tokens, upstream
+#       as fast as it can (+ the same load on the OpenAI pass-through and
+#       through nginx, for the CPU comparison)
+#   (2) paced streams: 5,000 WebSocket sessions, upstream 20 tokens/s
+#   (3) idle capacity: 50,000 idle WebSockets, RSS per connection
+#   (4) overhead: time to first token through chatloop minus straight to
+#       chatloop-mock, at 1,000 turns/s
+#
+# Knobs (environment): BENCH_QUICK=1 shortens every scenario (a smoke run);
+# S1_DUR, S2_SESSIONS, S2_TOKENS, S3_CONNS, S4_RATE, S4_DUR override sizes.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+. scripts/bench-lib.sh
+started=$(date +%s)
+
+quick=${BENCH_QUICK:-0}
+S1_DUR=${S1_DUR:-$([ "$quick" = 1 ] && echo 3 || echo 15)}
+S2_SESSIONS=${S2_SESSIONS:-$([ "$quick" = 1 ] && echo 500 || echo 5000)}
+S2_TOKENS=${S2_TOKENS:-$([ "$quick" = 1 ] && echo 40 || echo 400)}   # 400 at 20/s: 20 s answers
+S2_RAMP=${S2_RAMP:-$([ "$quick" = 1 ] && echo 2 || echo 10)}
+S2_DUR=${S2_DUR:-$([ "$quick" = 1 ] && echo 3 || echo 30)}
+S3_CONNS=${S3_CONNS:-$([ "$quick" = 1 ] && echo 2000 || echo 50000)}
+S4_RATE=${S4_RATE:-1000}
+S4_DUR=${S4_DUR:-$([ "$quick" = 1 ] && echo 3 || echo 10)}
+PACE_MS=50   # 20 tokens/s
+ncores=$(nproc)
+results=bench/results
+mkdir -p "$results"
+stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
+CB=./build/chatbench
+
+# ---- PostgreSQL, two mocks ---------------------------------------------------------
+pgport=$(free_port)
+PG_FAST=1 bash scripts/pg-local.sh start "$tmp/pg" "$pgport" >/dev/null
+bench_before_cleanup() {
+  [ -n "${sup:-}" ] && { kill -TERM "$sup" 2>/dev/null; wait "$sup" 2>/dev/null || true; }
+  bash scripts/pg-local.sh stop "$tmp/pg" >/dev/null 2>&1 || true
+}
+dburl=$(bash scripts/pg-local.sh url "$tmp/pg" "$pgport")
+
+fast_port=$(free_port)
+./build/chatloop-mock --listen "127.0.0.1:$fast_port" --mock-tokens 1000 --mock-token-interval 0 \
+  --mock-first-token 0 --record 0 2>"$tmp/mock-fast.log" &
+fast_pid=$!; pids+=("$fast_pid")
+paced_port=$(free_port)
+./build/chatloop-mock --listen "127.0.0.1:$paced_port" --mock-tokens 1000 \
+  --mock-token-interval "${PACE_MS}ms" --mock-first-token "${PACE_MS}ms" --record 0 \
+  2>"$tmp/mock-paced.log" &
+paced_pid=$!; pids+=("$paced_pid")
+wait_http "$fast_port" /health
+wait_http "$paced_port" /health
+
+# ---- chatloop, started afresh for each scenario (its own CPU and peak RSS) ----------
+sup=""
+start_chatloop() { # MOCKPORT WORKERS
+  cport=$(free_port)
+  GROQ_API_KEY=gsk_fake_bench DATABASE_URL="$dburl" ./build/chatloop --config conf/chatloop.conf \
+    --listen "127.0.0.1:$cport" --workers "$2" --base-url "http://127.0.0.1:$1/v1" --auth off \
+    --access-log off --log-level warn --max-connections 200000 --backlog 4096 \
+    --db-pool-size 8 2>>"$tmp/chatloop.log" &
+  sup=$!
+  wait_http "$cport" /health
+  sleep 0.3
+  workers=$(pgrep -P "$sup" | tr '\n' ' ')
+}
+stop_chatloop() {
+  if [ -n "$sup" ]; then
+    if grep -qi 'restart' "$tmp/chatloop.log"; then echo "bench: a chatloop worker died" >&2; cat "$tmp/chatloop.log" >&2; exit 1; fi
+    kill -TERM "$sup" 2>/dev/null || true
+    wait "$sup" 2>/dev/null || true
+    sup=""
+  fi
+}
+# kB summed over PIDs: VmHWM (peak) or VmRSS (now)
+mem_kb() { local f=$1 t=0; shift; for p in "$@"; do t=$((t + $(awk -v f="$f:" '$1 == f {print $2}' "/proc/$p/status"))); done; echo $t; }
+
+# record ID NAME CHATBENCH_JSON CPU_TICKS PEAK_KB [EXTRA_JSON]: one scenario row
+record() {
+  printf '{"id":"%s","name":"%s","chatbench":%s,"cpu_s":%s,"peak_rss_kb":%s%s}\n' \
+    "$1" "$2" "$(cat "$3")" "$(awk -v t="$4" -v k="$tck" 'BEGIN{printf "%.3f", t/k}')" "$5" "${6:-}" \
+    >>"$tmp/rows.jsonl"
+}
+# run_cb OUT ARGS...: chatbench with JSON output; its failures are reported, not fatal
+run_cb() { local out=$1; shift; "$CB" --json "$@" >"$out" || true; }
+
+echo "bench: $ncores cores, $(date -u +%F), chatloop workers = auto; this takes a few minutes" >&2
+
+# ---- (1) relay throughput -------------------------------------------------------------
+echo "bench: (1) relay throughput" >&2
+start_chatloop "$fast_port" auto
+t0=$(cpu_ticks $workers)
+run_cb "$tmp/s1.json" --mode sse -c 256 -d "${S1_DUR}s" -t 100 --conversation-turns 10 \
+  "http://127.0.0.1:$cport/api/v1/chat"
+t1=$(cpu_ticks $workers)
+record 1 "relay: 256 SSE turns x 100 tokens (chat turns, PostgreSQL)" "$tmp/s1.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
+t0=$(cpu_ticks $workers)
+run_cb "$tmp/s1b.json" --mode openai -c 256 -d "${S1_DUR}s" -t 100 "http://127.0.0.1:$cport/v1/chat/completions"
+t1=$(cpu_ticks $workers)
+record 1b "same load on the /v1 pass-through (no PostgreSQL)" "$tmp/s1b.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
+stop_chatloop
+
+nport=$(free_port)
+cat >"$tmp/nginx.conf" <<NGX
+worker_processes $ncores;
+daemon off;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  upstream mock { server 127.0.0.1:$fast_port; keepalive 512; }
+  server {
+    listen 127.0.0.1:$nport reuseport;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGX
+nginx -c "$tmp/nginx.conf" -p "$tmp" &
+pids+=($!)
+wait_http "$nport" /health
+nginx_workers=$(pgrep -P "$(cat "$tmp/nginx.pid")" | tr '\n' ' ')
+t0=$(cpu_ticks $nginx_workers)
+run_cb "$tmp/s1c.json" --mode openai -c 256 -d "${S1_DUR}s" -t 100 "http://127.0.0.1:$nport/v1/chat/completions"
+t1=$(cpu_ticks $nginx_workers)
+record 1c "same load through nginx (reference relay)" "$tmp/s1c.json" $((t1 - t0)) "$(mem_kb VmHWM $nginx_workers)"
+kill "$(cat "$tmp/nginx.pid")" 2>/dev/null || true
+rm -f "$tmp/nginx.pid"
+
+# ---- (2) paced streams ----------------------------------------------------------------
+echo "bench: (2) $S2_SESSIONS paced WebSocket streams" >&2
+start_chatloop "$paced_port" auto
+t0=$(cpu_ticks $workers)
+run_cb "$tmp/s2.json" --mode ws -c "$S2_SESSIONS" -r "${S2_RAMP}s" -d "${S2_DUR}s" -t "$S2_TOKENS" \
+  --conversation-turns 1000 --procs "$ncores" --timeout 120s "ws://127.0.0.1:$cport/ws/chat"
+t1=$(cpu_ticks $workers)
+record 2 "paced: $S2_SESSIONS WebSockets, upstream 20 tokens/s" "$tmp/s2.json" $((t1 - t0)) \
+  "$(mem_kb VmHWM $workers)" ",\"pace_ms\":$PACE_MS"
+# the same sessions straight to the mock: what the client and machine add alone
+run_cb "$tmp/s2d.json" --mode openai -c "$S2_SESSIONS" -r "${S2_RAMP}s" -d "${S2_DUR}s" -t "$S2_TOKENS" \
+  --procs "$ncores" --timeout 120s "http://127.0.0.1:$paced_port/v1/chat/completions"
+record 2d "same sessions straight to chatloop-mock (baseline)" "$tmp/s2d.json" 0 0 ",\"pace_ms\":$PACE_MS"
+stop_chatloop
+
+# ---- (3) idle capacity ----------------------------------------------------------------
+echo "bench: (3) $S3_CONNS idle WebSockets" >&2
+# Each process may hold at most `ulimit -n` sockets: enough workers (and
+# chatbench processes) that each stays well under it, at least one per core.
+fdlim=$(ulimit -n)
+per=$(( fdlim * 7 / 10 ))
+need=$(( (S3_CONNS + per - 1) / per ))
+w3=$(( need > ncores ? need : ncores ))
+start_chatloop "$fast_port" "$w3"
+base_kb=$(mem_kb VmRSS $workers)
+run_cb "$tmp/s3.json" --mode ws --idle -c "$S3_CONNS" -r 10s -d 20s --procs "$need" \
+  -s 127.0.0.1-127.0.0.8 "ws://127.0.0.1:$cport/ws/chat" &
+cbpid=$!
+# sample the workers' RSS once every connection is open (or at the end of the hold)
+held_kb=0; open=0
+for _ in $(seq 300); do
+  sleep 0.1
+  open=$(curl -s "http://127.0.0.1:$cport/metrics" | awk '$1 == "chatloop_connections_open" {print $2}')
+  open=${open:-0}
+  if [ "$open" -ge "$S3_CONNS" ]; then sleep 2; break; fi
+  kill -0 "$cbpid" 2>/dev/null || break
+done
+open=$(curl -s "http://127.0.0.1:$cport/metrics" | awk '$1 == "chatloop_connections_open" {print $2}')
+held_kb=$(mem_kb VmRSS $workers)
+wait "$cbpid" || true
+record 3 "idle: $S3_CONNS WebSockets ($w3 workers)" "$tmp/s3.json" 0 "$(mem_kb VmHWM $workers)" \
+  ",\"baseline_rss_kb\":$base_kb,\"held_rss_kb\":$held_kb,\"open_at_sample\":${open:-0}"
+stop_chatloop
+
+# ---- (4) overhead at 1,000 turns/s ---------------------------------------------------------
+echo "bench: (4) time to first token at $S4_RATE turns/s" >&2
+start_chatloop "$fast_port" auto
+t0=$(cpu_ticks $workers)
+run_cb "$tmp/s4.json" --mode ws -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "ws://127.0.0.1:$cport/ws/chat"
+t1=$(cpu_ticks $workers)
+record 4 "TTFT at $S4_RATE turns/s: WebSocket chat turns" "$tmp/s4.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
+t0=$(cpu_ticks $workers)
+run_cb "$tmp/s4b.json" --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "http://127.0.0.1:$cport/v1/chat/completions"
+t1=$(cpu_ticks $workers)
+record 4b "TTFT at $S4_RATE turns/s: /v1 pass-through" "$tmp/s4b.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
+stop_chatloop
+run_cb "$tmp/s4d.json" --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "http://127.0.0.1:$fast_port/v1/chat/completions"
+record 4d "TTFT at $S4_RATE turns/s: straight to chatloop-mock" "$tmp/s4d.json" 0 0
+
+# ---- the table ------------------------------------------------------------------------------
+node scripts/bench-report.mjs "$tmp/rows.jsonl" "$results/$stamp.json" "$ncores" "$(( $(date +%s) - started ))"
