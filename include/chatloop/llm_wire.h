@@ -74,6 +74,17 @@ int cl_llm_decode_chunk(cl_llm_result *r, const char *json, size_t len,
                         void (*on_content)(void *ud, const char *text, size_t len), void *ud,
                         char *err, size_t errlen);
 
+/**
+ * The fast path for a chunk that a filter found to carry nothing but choice
+ * 0's content (no finish reason, usage, tool call or error): the content is
+ * read with the jscan scanner instead of jansson and handled as
+ * cl_llm_decode_chunk would (model and id are not read: the first chunk of
+ * a stream is decoded in full). Returns CL_WIRE_OK when handled, 1 when the
+ * chunk is not of that plain shape; then decode it with cl_llm_decode_chunk,
+ * which also reports malformed input precisely.
+ */
+int cl_llm_decode_plain_chunk(cl_llm_result *r, const char *json, size_t len,
+                              void (*on_content)(void *ud, const char *text, size_t len), void *ud);
 /** Decodes a whole non-streamed chat.completion body into r. */
 int cl_llm_decode_completion(cl_llm_result *r, const char *json, size_t len, char *err,
                              size_t errlen);

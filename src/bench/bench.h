@@ -2,8 +2,6 @@
  * bench.h — chatbench's internals, shared by the files of src/bench/.
  *
  *   hist.c     log-linear latency histograms and their percentiles
- *   jscan.c    a small JSON scanner for the hot messages (token frames and
- *              chunks) so the client does not spend its CPU in a full parser
  *   check.c    the expected answer and the per-turn comparison against it
  *   stats.c    one run's counters and histograms; merging; table and JSON
  *   client.c   one session: its socket, HTTP/1.1 or WebSocket framing, turns
@@ -20,6 +18,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <uv.h>
+
+#include "chatloop/jscan.h"
 
 /* ---- hist.c ------------------------------------------------------------------- */
 
@@ -47,32 +47,6 @@ uint64_t cb_hist_percentile(const cb_hist *h, double p);
 int cb_hist_index(uint64_t v);
 uint64_t cb_hist_bucket_low(int idx);
 uint64_t cb_hist_bucket_high(int idx);
-
-/* ---- jscan.c ------------------------------------------------------------------ */
-
-/* A span of the input: a JSON value as it appears (strings with quotes). */
-typedef struct cb_span {
-    const char *p;
-    size_t n;
-} cb_span;
-
-/**
- * Finds the members `keys[0..nkeys)` of the JSON object in s[0..n) (top level
- * only) and stores their value spans in out[] (p = NULL when absent).
- * Returns 0 when s is one well-formed object (trailing whitespace allowed),
- * -1 otherwise. Nesting is bounded (64) so hostile input cannot recurse.
- */
-int cb_json_members(const char *s, size_t n, const char *const *keys, cb_span *out, int nkeys);
-/** The first element of a JSON array span, or p = NULL. */
-cb_span cb_json_first(cb_span arr);
-/** 1 if the span is the JSON string whose unescaped text is lit. */
-int cb_json_is(cb_span v, const char *lit);
-/**
- * Unescapes a JSON string span into out (capacity cap; \uXXXX becomes UTF-8,
- * surrogate pairs joined). Returns the length, -1 if the span is not a valid
- * string, -2 if it does not fit.
- */
-long cb_json_string(cb_span v, char *out, size_t cap);
 
 /* ---- check.c ------------------------------------------------------------------ */
 

@@ -675,19 +675,19 @@ static void error_from_json(const char *p, size_t n, char *code, size_t codelen,
      * {"code","message"} (a chatloop SSE error event) */
     static const char *const top[] = {"error", "code", "message"};
     static const char *const inner[] = {"code", "message"};
-    cb_span v[3], w[2];
+    cl_json_span v[3], w[2];
     code[0] = msg[0] = '\0';
-    if (cb_json_members(p, n, top, v, 3) != 0)
+    if (cl_json_members(p, n, top, v, 3) != 0)
         return;
-    cb_span c = v[1], m = v[2];
-    if (v[0].p && v[0].p[0] == '{' && cb_json_members(v[0].p, v[0].n, inner, w, 2) == 0) {
+    cl_json_span c = v[1], m = v[2];
+    if (v[0].p && v[0].p[0] == '{' && cl_json_members(v[0].p, v[0].n, inner, w, 2) == 0) {
         c = w[0];
         if (w[1].p)
             m = w[1]; /* chatloop's envelope keeps its message outside */
     }
-    long k = c.p ? cb_json_string(c, code, codelen - 1) : -1;
+    long k = c.p ? cl_json_string(c, code, codelen - 1) : -1;
     code[k > 0 ? k : 0] = '\0';
-    k = m.p ? cb_json_string(m, msg, msglen - 1) : -1;
+    k = m.p ? cl_json_string(m, msg, msglen - 1) : -1;
     msg[k > 0 ? k : 0] = '\0';
 }
 
@@ -708,8 +708,8 @@ static int openai_event(cb_session *s, const char *data, size_t len, uint64_t t)
     static const char *const top[] = {"choices", "error", "x_groq"};
     static const char *const ch[] = {"delta"};
     static const char *const dl[] = {"content"};
-    cb_span v[3], c, d;
-    if (cb_json_members(data, len, top, v, 3) != 0) {
+    cl_json_span v[3], c, d;
+    if (cl_json_members(data, len, top, v, 3) != 0) {
         turn_fail(s, "PROTOCOL", "a chunk that is not a JSON object", 0);
         return 0;
     }
@@ -720,24 +720,24 @@ static int openai_event(cb_session *s, const char *data, size_t len, uint64_t t)
     if (v[2].p && v[2].p[0] == '{') {
         /* Groq reports a failure mid-stream as x_groq.error */
         static const char *const xg[] = {"error"};
-        cb_span e;
-        if (cb_json_members(v[2].p, v[2].n, xg, &e, 1) == 0 && e.p && e.p[0] == '{') {
+        cl_json_span e;
+        if (cl_json_members(v[2].p, v[2].n, xg, &e, 1) == 0 && e.p && e.p[0] == '{') {
             stream_error(s, v[2].p, v[2].n);
             return 0;
         }
     }
-    cb_span first = cb_json_first(v[0]);
+    cl_json_span first = cl_json_first(v[0]);
     if (!first.p)
         return 0; /* the usage-only chunk */
-    if (cb_json_members(first.p, first.n, ch, &c, 1) != 0 || !c.p ||
-        cb_json_members(c.p, c.n, dl, &d, 1) != 0) {
+    if (cl_json_members(first.p, first.n, ch, &c, 1) != 0 || !c.p ||
+        cl_json_members(c.p, c.n, dl, &d, 1) != 0) {
         turn_fail(s, "PROTOCOL", "a chunk without choices[0].delta", 0);
         return 0;
     }
     if (!d.p || d.p[0] != '"' || d.n == 2)
         return 0; /* role chunk, finish chunk */
     char tok[4096];
-    long k = cb_json_string(d, tok, sizeof tok);
+    long k = cl_json_string(d, tok, sizeof tok);
     if (k < 0) {
         turn_fail(s, "PROTOCOL", "a bad content string", 0);
         return 0;
@@ -751,22 +751,22 @@ static int chat_event(cb_session *s, const char *event, const char *data, size_t
 {
     if (strcmp(event, "token") == 0) {
         static const char *const k[] = {"token"};
-        cb_span v;
+        cl_json_span v;
         char tok[4096];
         long n;
-        if (cb_json_members(data, len, k, &v, 1) != 0 || (n = cb_json_string(v, tok, sizeof tok)) < 0) {
+        if (cl_json_members(data, len, k, &v, 1) != 0 || (n = cl_json_string(v, tok, sizeof tok)) < 0) {
             turn_fail(s, "PROTOCOL", "a bad token event", 0);
             return 0;
         }
         turn_token(s, tok, (size_t)n, t);
     } else if (strcmp(event, "done") == 0) {
         static const char *const k[] = {"response"};
-        cb_span v;
+        cl_json_span v;
         size_t cap = cb_run_expect(s->run)->len + 64;
         char *text = malloc(cap);
         long n = -1;
-        if (text && cb_json_members(data, len, k, &v, 1) == 0 && v.p)
-            n = cb_json_string(v, text, cap);
+        if (text && cl_json_members(data, len, k, &v, 1) == 0 && v.p)
+            n = cl_json_string(v, text, cap);
         if (n == -2)
             turn_fail(s, "CORRUPT", "the done event's response is longer than expected", 0);
         else if (n < 0)
@@ -920,32 +920,32 @@ static void http_input(cb_session *s, const char *p, size_t n)
 static void ws_message(cb_session *s, const char *p, size_t n)
 {
     static const char *const keys[] = {"type", "session_id", "token", "answer", "error"};
-    cb_span v[5];
-    if (cb_json_members(p, n, keys, v, 5) != 0) {
+    cl_json_span v[5];
+    if (cl_json_members(p, n, keys, v, 5) != 0) {
         turn_fail(s, "PROTOCOL", "a message that is not a JSON object", 1);
         return;
     }
-    cb_span type = v[0];
-    if (cb_json_is(type, "token")) {
-        if (!cb_json_is(v[1], s->sid))
+    cl_json_span type = v[0];
+    if (cl_json_is(type, "token")) {
+        if (!cl_json_is(v[1], s->sid))
             return; /* a late token of an earlier, failed turn */
         char tok[4096];
-        long k = cb_json_string(v[2], tok, sizeof tok);
+        long k = cl_json_string(v[2], tok, sizeof tok);
         if (k < 0) {
             turn_fail(s, "PROTOCOL", "a bad token message", 1);
             return;
         }
         turn_token(s, tok, (size_t)k, g_read_ns);
-    } else if (cb_json_is(type, "complete")) {
-        if (!cb_json_is(v[1], s->sid))
+    } else if (cl_json_is(type, "complete")) {
+        if (!cl_json_is(v[1], s->sid))
             return;
         static const char *const ak[] = {"text"};
-        cb_span t;
+        cl_json_span t;
         size_t cap = cb_run_expect(s->run)->len + 64;
         char *text = malloc(cap);
         long k = -1;
-        if (text && v[3].p && cb_json_members(v[3].p, v[3].n, ak, &t, 1) == 0 && t.p)
-            k = cb_json_string(t, text, cap);
+        if (text && v[3].p && cl_json_members(v[3].p, v[3].n, ak, &t, 1) == 0 && t.p)
+            k = cl_json_string(t, text, cap);
         if (k == -2)
             turn_fail(s, "CORRUPT", "complete.answer.text is longer than expected", 0);
         else if (k < 0)
@@ -953,11 +953,11 @@ static void ws_message(cb_session *s, const char *p, size_t n)
         else
             turn_ok(s, text, (size_t)k);
         free(text);
-    } else if (cb_json_is(type, "error")) {
-        if (v[1].p && !cb_json_is(v[1], s->sid))
+    } else if (cl_json_is(type, "error")) {
+        if (v[1].p && !cl_json_is(v[1], s->sid))
             return;
         stream_error(s, p, n);
-    } else if (cb_json_is(type, "connected")) {
+    } else if (cl_json_is(type, "connected")) {
         if (s->state == C_HANDSHAKE)
             became_ready(s);
     }

@@ -380,6 +380,18 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
             c->cb.on_chunk(c->ud, data, len, 0);
         return c->cancelled ? -1 : 0;
     }
+    /* A turn needs the text of every chunk: plain content chunks are read
+     * by the scanner (a fraction of jansson's cost); the first chunk of an
+     * attempt still goes through jansson for the model and id. */
+    if (!(scan & SCAN_DECODE) && c->result.chunks > 0 &&
+        cl_llm_decode_plain_chunk(&c->result, data, len, on_content_delta, c) == CL_WIRE_OK) {
+        c->scanned_chunks++;
+        if (c->cancelled)
+            return -1;
+        if (c->cb.on_chunk)
+            c->cb.on_chunk(c->ud, data, len, 0);
+        return c->cancelled ? -1 : 0;
+    }
     char err[200];
     int rc = cl_llm_decode_chunk(&c->result, data, len, on_content_delta, c, err, sizeof err);
     if (rc == CL_WIRE_UPSTREAM_ERROR || rc == CL_WIRE_MALFORMED || rc == CL_WIRE_NOMEM) {

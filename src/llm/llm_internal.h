@@ -78,6 +78,7 @@ struct cl_llm_call {
     cl_sse_parser sse;
     cl_llm_result result;
     int64_t skipped_chunks;         /* relayed without a JSON parse (content only) */
+    int64_t scanned_chunks;         /* content read by the scanner, not jansson */
     int want_pause;                 /* the consumer is congested: hold the upstream */
     int paused;                     /* the transfer (or mock timer) is held */
 };

@@ -1,4 +1,5 @@
 #include "chatloop/llm_wire.h"
+#include "chatloop/jscan.h"
 #include "chatloop/jsonw.h"
 
 #include <inttypes.h>
@@ -403,6 +404,45 @@ int cl_llm_decode_chunk(cl_llm_result *r, const char *json, size_t len,
         rc = merge_choice(r, choice, "delta", on_content, ud, err, errlen);
     json_decref(root);
     return rc;
+}
+
+int cl_llm_decode_plain_chunk(cl_llm_result *r, const char *json, size_t len,
+                              void (*on_content)(void *ud, const char *text, size_t len), void *ud)
+{
+    static const char *const top[] = {"choices"};
+    static const char *const in_choice[] = {"index", "delta"};
+    static const char *const in_delta[] = {"content"};
+    cl_json_span choices, f[2], content;
+    if (cl_json_members(json, len, top, &choices, 1) != 0 || !choices.p || choices.p[0] != '[')
+        return 1;
+    cl_json_span first = cl_json_first(choices);
+    if (!first.p || first.p[0] != '{' || cl_json_members(first.p, first.n, in_choice, f, 2) != 0)
+        return 1;
+    if (f[0].p && !(f[0].n == 1 && f[0].p[0] == '0'))
+        return 1; /* choice 0 is elsewhere: the full decoder finds it */
+    if (!f[1].p || f[1].p[0] != '{' ||
+        cl_json_members(f[1].p, f[1].n, in_delta, &content, 1) != 0)
+        return 1;
+    if (!content.p || (content.n == 4 && memcmp(content.p, "null", 4) == 0)) {
+        r->chunks++;
+        return CL_WIRE_OK;
+    }
+    if (content.p[0] != '"')
+        return 1;
+    /* unescaped text is never longer than its JSON form */
+    size_t room = content.n - 2;
+    if (room > WIRE_MAX_CONTENT || r->content.len > WIRE_MAX_CONTENT - room ||
+        cl_buf_reserve(&r->content, room) != 0)
+        return 1; /* the full decoder reports the cap */
+    char *text = r->content.data + r->content.len;
+    long n = cl_json_string(content, text, room);
+    if (n < 0)
+        return 1;
+    r->content.len += (size_t)n;
+    r->chunks++;
+    if (n > 0 && on_content)
+        on_content(ud, text, (size_t)n);
+    return CL_WIRE_OK;
 }
 
 int cl_llm_decode_completion(cl_llm_result *r, const char *json, size_t len, char *err,

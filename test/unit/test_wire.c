@@ -45,6 +45,65 @@ static void test_content_and_meta(void)
     cl_llm_result_free(&r);
 }
 
+static void collect(void *ud, const char *text, size_t len)
+{
+    cl_buf_append(ud, text, len);
+}
+
+/* The scanner path must agree with jansson on every plain chunk, and leave
+ * anything else to it. */
+static void test_plain_chunk(void)
+{
+    static const char *const plain[] = {
+        "{\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" tok2\"},\"finish_reason\":null}]}",
+        "{\"choices\":[{\"delta\":{\"content\":\"a\\\"b\\\\c\\n\\u00e9\\ud83d\\ude00\"}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":null}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{}}]}",
+        "{ \"choices\" : [ { \"delta\" : { \"content\" : \"x\\u0000y\" } , \"logprobs\" : null } ] , \"x\" : [1, {\"a\": \"}\"}] }",
+    };
+    for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
+        cl_llm_result a, b;
+        cl_buf ca, cb;
+        cl_llm_result_init(&a);
+        cl_llm_result_init(&b);
+        cl_buf_init(&ca, 0);
+        cl_buf_init(&cb, 0);
+        size_t n = strlen(plain[i]);
+        CHECK_EQ_INT(cl_llm_decode_chunk(&a, plain[i], n, collect, &ca, g_err, sizeof g_err), CL_WIRE_OK);
+        CHECK_EQ_INT(cl_llm_decode_plain_chunk(&b, plain[i], n, collect, &cb), CL_WIRE_OK);
+        CHECK_EQ_INT(a.content.len, b.content.len);
+        CHECK(a.content.len == 0 || memcmp(a.content.data, b.content.data, a.content.len) == 0);
+        CHECK_EQ_INT(ca.len, cb.len);
+        CHECK(ca.len == 0 || memcmp(ca.data, cb.data, ca.len) == 0);
+        CHECK_EQ_INT(a.chunks, b.chunks);
+        cl_llm_result_free(&a);
+        cl_llm_result_free(&b);
+        cl_buf_release(&ca);
+        cl_buf_release(&cb);
+    }
+    /* not plain: the caller must use the full decoder */
+    static const char *const other[] = {
+        "{\"choices\":[{\"index\":1,\"delta\":{\"content\":\"X\"}},{\"index\":0,\"delta\":{\"content\":\"c\"}}]}",
+        "{\"choices\":[]}",
+        "{\"object\":\"chat.completion.chunk\"}",
+        "{\"choices\":[{\"delta\":{\"content\":\"a\"}}]",
+        "{\"choices\":[{\"delta\":{\"content\":\"bad \\x escape\"}}]}",
+        "{\"choices\":[{\"delta\":{\"content\":[{\"type\":\"text\"}]}}]}",
+        "{\"choices\":{\"delta\":{}}}",
+        "{not json",
+        "[1,2]",
+    };
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
+        cl_llm_result r;
+        cl_llm_result_init(&r);
+        CHECK_EQ_INT(cl_llm_decode_plain_chunk(&r, other[i], strlen(other[i]), NULL, NULL), 1);
+        CHECK_EQ_INT(r.content.len, 0);
+        CHECK_EQ_INT(r.chunks, 0);
+        cl_llm_result_free(&r);
+    }
+}
+
 static void test_usage_sources(void)
 {
     cl_llm_result r;
@@ -332,5 +391,5 @@ static void test_completion(void)
     cl_llm_result_free(&r);
 }
 
-CL_TEST_MAIN(test_content_and_meta, test_usage_sources, test_upstream_errors, test_malformed,
+CL_TEST_MAIN(test_content_and_meta, test_plain_chunk, test_usage_sources, test_upstream_errors, test_malformed,
              test_tool_call_limits, test_content_cap, test_error_body, test_completion)

@@ -1,12 +1,9 @@
 /*
- * jscan.c — just enough JSON for chatbench's hot path: find a few members of
- * an object without building a tree, and unescape a string. Token frames and
- * chunks arrive by the hundred thousand per second on the same cores as the
- * server under test, so the client must stay cheap. The scanner still checks
- * the structure it walks (a malformed message is a protocol error, never a
- * token).
+ * jscan.c — the small JSON scanner of jscan.h: skips values by their
+ * structure (strings with escapes, nested containers up to MAX_DEPTH, bare
+ * literals) and unescapes strings to UTF-8.
  */
-#include "bench.h"
+#include "chatloop/jscan.h"
 
 #include <string.h>
 
@@ -22,28 +19,37 @@ static void ws(scan *s)
         s->p++;
 }
 
+/* Bytes that end a run of plain string bytes: '"', '\\' and the control
+ * characters JSON forbids inside strings. One table load per byte is what
+ * keeps this loop cheap; it is most of the scanner's time. */
+static const unsigned char string_stop[256] = {
+    [0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1, [0x06] = 1,
+    [0x07] = 1, [0x08] = 1, [0x09] = 1, [0x0a] = 1, [0x0b] = 1, [0x0c] = 1, [0x0d] = 1,
+    [0x0e] = 1, [0x0f] = 1, [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x14] = 1,
+    [0x15] = 1, [0x16] = 1, [0x17] = 1, [0x18] = 1, [0x19] = 1, [0x1a] = 1, [0x1b] = 1,
+    [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1, ['"'] = 1, ['\\'] = 1,
+};
+
 /* Skips a string starting at '"'. */
 static int skip_string(scan *s)
 {
     if (s->p >= s->end || *s->p != '"')
         return -1;
-    s->p++;
-    while (s->p < s->end) {
-        unsigned char c = (unsigned char)*s->p;
-        if (c == '"') {
-            s->p++;
+    const unsigned char *p = (const unsigned char *)s->p + 1;
+    const unsigned char *end = (const unsigned char *)s->end;
+    for (;;) {
+        while (p < end && !string_stop[*p])
+            p++;
+        if (p >= end)
+            return -1;
+        if (*p == '"') {
+            s->p = (const char *)p + 1;
             return 0;
         }
-        if (c < 0x20)
-            return -1;
-        if (c == '\\') {
-            s->p++;
-            if (s->p >= s->end)
-                return -1;
-        }
-        s->p++;
+        if (*p != '\\' || p + 1 >= end)
+            return -1; /* a control character, or a lone backslash at the end */
+        p += 2;
     }
-    return -1;
 }
 
 static int skip_value(scan *s, int depth);
@@ -110,7 +116,7 @@ static int skip_value(scan *s, int depth)
     return s->p > start ? 0 : -1;
 }
 
-int cb_json_members(const char *str, size_t n, const char *const *keys, cb_span *out, int nkeys)
+int cl_json_members(const char *str, size_t n, const char *const *keys, cl_json_span *out, int nkeys)
 {
     for (int i = 0; i < nkeys; i++) {
         out[i].p = NULL;
@@ -166,9 +172,9 @@ tail:
     return s.p == s.end ? 0 : -1;
 }
 
-cb_span cb_json_first(cb_span arr)
+cl_json_span cl_json_first(cl_json_span arr)
 {
-    cb_span r = {NULL, 0};
+    cl_json_span r = {NULL, 0};
     if (!arr.p || arr.n < 2 || arr.p[0] != '[')
         return r;
     scan s = {arr.p + 1, arr.p + arr.n};
@@ -183,7 +189,7 @@ cb_span cb_json_first(cb_span arr)
     return r;
 }
 
-int cb_json_is(cb_span v, const char *lit)
+int cl_json_is(cl_json_span v, const char *lit)
 {
     size_t n = strlen(lit);
     return v.p && v.n == n + 2 && v.p[0] == '"' && memcmp(v.p + 1, lit, n) == 0;
@@ -208,7 +214,7 @@ static int hex4(const char *p, unsigned *out)
     return 0;
 }
 
-long cb_json_string(cb_span v, char *out, size_t cap)
+long cl_json_string(cl_json_span v, char *out, size_t cap)
 {
     if (!v.p || v.n < 2 || v.p[0] != '"' || v.p[v.n - 1] != '"')
         return -1;
