@@ -26,7 +26,8 @@ typedef struct cl_json_span {
 int cl_json_members(const char *s, size_t n, const char *const *keys, cl_json_span *out, int nkeys);
 /** The first element of a JSON array span, or p = NULL. */
 cl_json_span cl_json_first(cl_json_span arr);
-/** 1 if the span is the JSON string whose unescaped text is lit. */
+/** 1 if the span is the JSON string "lit" written without escapes (the
+ *  protocol words compared this way never need any). */
 int cl_json_is(cl_json_span v, const char *lit);
 /**
  * Unescapes a JSON string span into out (capacity cap; \uXXXX becomes UTF-8,

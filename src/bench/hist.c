@@ -73,7 +73,9 @@ uint64_t cb_hist_percentile(const cb_hist *h, double p)
         return 0;
     if (p >= 100)
         return h->max;
-    double r = ceil(p / 100.0 * (double)h->n);
+    /* p * n first: exact for an integer p, so a rank such as 7% of 100 is
+     * 7, not ceil(0.07 * 100) = ceil(7.000000000000001) = 8 */
+    double r = ceil(p * (double)h->n / 100.0);
     uint64_t rank = r < 1 ? 1 : (uint64_t)r;
     uint64_t seen = 0;
     for (int i = 0; i < CB_HIST_BUCKETS; i++) {

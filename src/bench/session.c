@@ -309,7 +309,9 @@ static void conn_broken(cb_session *s, const char *code, const char *why)
         return;
     }
     if (setup) {
-        give_back(s);
+        /* A failed attempt uses up the turn it was opened for, so a run
+         * bounded by --turns ends even when the server never accepts. */
+        s->reserved = 0;
         s->want_turn = 0;
         timer_in(s, RECONNECT_DELAY_NS, on_retry);
     }

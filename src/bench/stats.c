@@ -60,9 +60,14 @@ void cb_stats_merge(cb_stats *into, const cb_stats *from)
     for (int i = 0; i <= CB_MAX_CODES; i++) {
         const cb_error *e = &from->errors[i];
         if ((i < from->nerrors || i == CB_MAX_CODES) && e->n) {
-            /* the example already starts with its code */
-            const char *ex = strchr(e->example, ':');
-            add_error(into, e->code, ex ? ex + 2 : e->example, e->n);
+            /* the example already starts with "<code>: " (and a code may
+             * hold a colon itself: HTTP_429:rate_limit_exceeded) */
+            size_t cl = strlen(e->code);
+            const char *ex = strncmp(e->example, e->code, cl) == 0 && e->example[cl] == ':' &&
+                                     e->example[cl + 1] == ' '
+                                 ? e->example + cl + 2
+                                 : e->example;
+            add_error(into, e->code, ex, e->n);
         }
     }
 }
