@@ -21,6 +21,8 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 . scripts/bench-lib.sh
 started=$(date +%s)
+# every process here may use as many sockets as the machine lets it
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 quick=${BENCH_QUICK:-0}
 S1_DUR=${S1_DUR:-$([ "$quick" = 1 ] && echo 3 || echo 15)}
