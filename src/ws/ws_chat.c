@@ -50,14 +50,22 @@ struct chat {
     int nsessions;
     int paused;                 /* upstreams held for a slow reader */
     int draining;               /* the worker is shutting down */
-    cl_buf out;                 /* one outgoing message, reused */
 };
+
+/* Every message is built here and copied into the socket's output at once,
+ * so one buffer serves every connection of the worker (one loop per
+ * process): an idle socket keeps no message buffer of its own. A buffer
+ * grown by a long answer is given back after use. */
+static cl_buf g_msg = {.max = SIZE_MAX};
+#define MSG_KEEP_BYTES 16384
 
 /* ---- sending ------------------------------------------------------------------ */
 
 static void send_buf(chat *ch)
 {
-    cl_ws_send_text(ch->ws, ch->out.data, ch->out.len);
+    cl_ws_send_text(ch->ws, g_msg.data, g_msg.len);
+    if (g_msg.cap > MSG_KEEP_BYTES)
+        cl_buf_release(&g_msg);
     if (!ch->paused && cl_ws_congested(ch->ws)) {
         ch->paused = 1;
         for (session *s = ch->sessions; s; s = s->next)
@@ -67,7 +75,7 @@ static void send_buf(chat *ch)
 
 static cl_buf *begin(chat *ch, const char *type, const session *s)
 {
-    cl_buf *b = &ch->out;
+    cl_buf *b = &g_msg;
     cl_buf_reset(b);
     cl_buf_printf(b, "{\"type\":\"%s\"", type);
     if (s) {
@@ -79,7 +87,7 @@ static cl_buf *begin(chat *ch, const char *type, const session *s)
 
 static void send_error(chat *ch, const char *session_id, cl_err_code code, const char *message)
 {
-    cl_buf *b = &ch->out;
+    cl_buf *b = &g_msg;
     cl_buf_reset(b);
     cl_buf_append_str(b, "{\"type\":\"error\"");
     if (session_id) {
@@ -402,7 +410,6 @@ static void on_close(cl_ws *ws, int code)
         cl_turn_cancel(s->turn);
         free(s);
     }
-    cl_buf_release(&ch->out);
     free(ch);
 }
 
@@ -455,7 +462,6 @@ static void ws_chat(cl_req *r)
         return;
     }
     memcpy(ch->user_id, user_id, sizeof ch->user_id);
-    cl_buf_init(&ch->out, 0);
     if (!cl_ws_upgrade(r, &chat_handler, ch)) {
         /* the request was answered (400/426) */
         free(ch);
