@@ -5,6 +5,7 @@
  *   check.c    the expected answer and the per-turn comparison against it
  *   stats.c    one run's counters and histograms; merging; table and JSON
  *   client.c   one session: its socket, HTTP/1.1 or WebSocket framing, turns
+ *   login.c    --login: register and log in once, before the run
  *   main.c     flags, the run (duration, turn count, rate), --procs
  *
  * Everything runs on one libuv loop per process. With --procs N the parent
@@ -161,6 +162,10 @@ typedef struct cb_options {
 
 typedef struct cb_run cb_run;
 typedef struct cb_session cb_session;
+
+/* login.c: registers EMAIL (409 is fine), logs in, returns the access token
+ * (malloc'd) in *token. 0, or -1 after saying why on stderr. */
+int cb_login(const cb_options *o, const char *email_password, char **token);
 
 /* session.c: one session's connection and turns. */
 cb_session *cb_sessions_new(cb_run *r, int n);

@@ -58,6 +58,9 @@ static void usage(FILE *f)
 "      --model NAME          model to ask for (openai default llama-3.3-70b-versatile;\n"
 "                            ws/sse: the server's default unless given)\n"
 "      --token JWT           bearer token (ws: sent as ?token=)\n"
+"      --login EMAIL:PASSWORD  before the run, register that user (if new) and log in\n"
+"                            over /api/v1/auth, then use its token: for servers with\n"
+"                            auth = required, e.g. a default `make run`\n"
 "  -H, --header 'K: V'       an extra request header (repeatable, up to 16); e.g.\n"
 "                            X-Mock-Fault or X-Mock-Tokens when driving chatloop-mock\n"
 "  -s, --source SPEC         local source address(es) to connect from: A, A-B (an IPv4\n"
@@ -302,6 +305,8 @@ int main(int argc, char **argv)
     o.timeout_ns = 60000000000ull;
     o.procs = 1;
     const char *url = NULL;
+    const char *login = NULL;
+    char *login_token = NULL;
     int duration_set = 0;
 
     for (int i = 1; i < argc; i++) {
@@ -392,6 +397,9 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--token") == 0) {
             VALUE();
             o.token = v;
+        } else if (strcmp(a, "--login") == 0) {
+            VALUE();
+            login = v;
         } else if (IS("-H", "--header")) {
             VALUE();
             if (o.nheaders >= CB_MAX_HEADERS || !strchr(v, ':') || strpbrk(v, "\r\n"))
@@ -451,6 +459,12 @@ int main(int argc, char **argv)
     if (o.procs > o.sessions)
         o.procs = o.sessions;
 
+    if (login) {
+        if (cb_login(&o, login, &login_token) != 0)
+            return 1;
+        o.token = login_token;
+    }
+
     cl_raise_fd_limit();
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
@@ -481,5 +495,6 @@ int main(int argc, char **argv)
     int failed = cb_stats_errors(st) > 0 || rc != 0 || (!o.idle && st->turns_ok == 0) ||
                  (o.idle && st->conns_ok == 0);
     free(st);
+    free(login_token);
     return failed ? 1 : 0;
 }

@@ -880,8 +880,10 @@ static void http_input(cb_session *s, const char *p, size_t n)
         const char *stop = llhttp_get_error_pos(&s->http);
         size_t used = stop && stop >= p && stop <= p + n ? (size_t)(stop - p) : n;
         if (err == HPE_PAUSED && s->state == C_HANDSHAKE) {
-            char why[96];
-            snprintf(why, sizeof why, "the upgrade was answered with HTTP %d", s->status);
+            char why[120];
+            snprintf(why, sizeof why, "the upgrade was answered with HTTP %d%s", s->status,
+                     s->status == 401 ? " (the server wants --token JWT or --login EMAIL:PASSWORD)"
+                                      : "");
             conn_lost(s, why);
             return;
         }

@@ -509,3 +509,30 @@ test('chatloop: --idle -c 50 -d 1s holds 50 WebSockets, exit 0', async () => {
   assert.ok(r.ms >= 950, `held for the duration (${r.ms} ms)`);
   assert.ok(j.elapsed_s >= 0.95 && j.elapsed_s < 5, `elapsed_s ${j.elapsed_s}`);
 });
+
+// ---- against chatloop with auth = required ---------------------------------------------
+
+test('auth required: no token → HANDSHAKE 401 with a hint; --login registers, logs in and runs; a wrong password exits 1', async () => {
+  const authed = await startChatServer(mock, pg, { retries: 0 });
+  try {
+    const ws = `ws://${HOST}:${authed.port}/ws/chat`;
+    const none = await bench(['--json', '--mode', 'ws', '-c', '1', '-n', '1', ws]);
+    assert.equal(none.code, 1);
+    assert.equal(none.report.turns_ok, 0);
+    assert.ok(none.report.errors.HANDSHAKE, JSON.stringify(none.report.errors));
+    assert.match(none.report.errors.HANDSHAKE.example, /401.*--login/);
+
+    const login = ['--login', 'bench@example.com:correct horse battery'];
+    const j = await benchJson([...login, '--mode', 'ws', '-c', '3', '-n', '9', '-t', '10', ws], 0);
+    assert.equal(j.turns_ok, 9);
+    // the user exists now: --login logs in again (register answers 409)
+    const s = await benchJson([...login, '--mode', 'sse', '-c', '3', '-n', '9', '-t', '10', `http://${HOST}:${authed.port}/api/v1/chat`], 0);
+    assert.equal(s.turns_ok, 9);
+
+    const bad = await bench(['--json', '--login', 'bench@example.com:not the password', '-c', '1', '-n', '1', ws]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /--login: logging in answered HTTP 401/);
+  } finally {
+    await stopAll(authed);
+  }
+});
