@@ -111,6 +111,15 @@ const char *cl_llm_provider_name(const cl_llm *llm);
  * none fires before cl_llm_start has returned.
  */
 cl_llm_call *cl_llm_start(cl_llm *llm, json_t *request, const cl_llm_callbacks *cb, void *ud);
+/**
+ * The same, with the "messages" array given as JSON text (`request` then has
+ * no "messages"): it goes into every attempt's body as it is, unparsed. The
+ * caller vouches that it is one valid JSON array of messages (a turn's
+ * history comes that way from PostgreSQL). `prompt_chars`, the bytes of
+ * message text, stands in for the count estimates would take from the tree.
+ */
+cl_llm_call *cl_llm_start_messages(cl_llm *llm, json_t *request, const char *messages_json,
+                                   size_t prompt_chars, const cl_llm_callbacks *cb, void *ud);
 
 /** Stops a call now: its transfer is removed and its socket closed in this
  *  loop iteration; no callback fires afterwards. NULL is ignored. */

@@ -44,6 +44,7 @@ struct cl_turn {
     char *conv_model;
     cl_buf content;                 /* the answer so far */
     int history_count;              /* history messages sent upstream */
+    size_t prompt_chars;            /* bytes of message text sent upstream */
     int64_t prompt_estimate;
 };
 
@@ -263,27 +264,47 @@ static const cl_llm_callbacks turn_llm_callbacks = {
 };
 
 /* The prompt: system prompt (conversation's, else agent's), the history
- * oldest first, then the new message. */
-static json_t *build_messages(cl_turn *t, const char *history_json)
+ * oldest first, then the new message, as the JSON text of a "messages"
+ * array. The history is PostgreSQL's own JSON (json_agg), spliced in
+ * unparsed: parsing it into a tree only to write it out again was a fifth
+ * of a turn's CPU in a long conversation. Returns 0, or -1 when out of
+ * memory or when the history is not an array. */
+static int build_messages(cl_turn *t, const cl_db_res *res, cl_buf *out)
 {
-    json_t *msgs = json_array();
-    if (t->conv_system_prompt && *t->conv_system_prompt)
-        json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "system", "content",
-                                              t->conv_system_prompt));
-    json_t *hist = history_json ? json_loads(history_json, 0, NULL) : NULL;
-    size_t i;
-    json_t *m;
-    json_array_foreach(hist, i, m) json_array_append(msgs, m);
-    t->history_count = (int)json_array_size(hist);
-    json_decref(hist);
-    json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "user", "content", t->message));
-    size_t chars = 0;
-    json_array_foreach(msgs, i, m) {
-        const char *c = json_string_value(json_object_get(m, "content"));
-        chars += c ? strlen(c) : 0;
+    const char *hist = cl_db_get(res, 0, 3);
+    size_t hlen = hist ? strlen(hist) : 0;
+    /* strip the brackets (and PostgreSQL's whitespace) to splice the elements */
+    while (hlen && (hist[hlen - 1] == ' ' || hist[hlen - 1] == '\n'))
+        hlen--;
+    while (hlen && (*hist == ' ' || *hist == '\n')) {
+        hist++;
+        hlen--;
     }
-    t->prompt_estimate = (int64_t)(chars / 4) + 1;
-    return msgs;
+    if (hlen < 2 || hist[0] != '[' || hist[hlen - 1] != ']')
+        return -1;
+    hist++;
+    hlen -= 2;
+    size_t bytes = 0;
+    int rc = cl_buf_append_char(out, '[');
+    if (t->conv_system_prompt && *t->conv_system_prompt) {
+        rc |= cl_buf_append_str(out, "{\"role\":\"system\",\"content\":");
+        rc |= cl_jsonw_cstr(out, t->conv_system_prompt);
+        rc |= cl_buf_append_str(out, "},");
+        bytes += strlen(t->conv_system_prompt);
+    }
+    int n = atoi(cl_db_get(res, 0, 4));
+    if (n > 0) {
+        rc |= cl_buf_append(out, hist, hlen);
+        rc |= cl_buf_append_char(out, ',');
+    }
+    rc |= cl_buf_append_str(out, "{\"role\":\"user\",\"content\":");
+    rc |= cl_jsonw_cstr(out, t->message);
+    rc |= cl_buf_append_str(out, "}]");
+    t->history_count = n;
+    bytes += strtoull(cl_db_get(res, 0, 5), NULL, 10) + strlen(t->message);
+    t->prompt_chars = bytes;
+    t->prompt_estimate = (int64_t)(bytes / 4) + 1;
+    return rc ? -1 : 0;
 }
 
 static void fail(cl_turn *t, cl_err_code code, const char *message)
@@ -318,19 +339,24 @@ static void on_loaded(void *ud, const cl_db_res *res)
     t->conv_model = dup_or_null(cl_db_get(res, 0, 2));
     if (!t->params.model && t->conv_model && *t->conv_model)
         t->params.model = t->conv_model;
-    json_t *msgs = build_messages(t, cl_db_get(res, 0, 3));
+    cl_buf msgs;
+    cl_buf_init(&msgs, 0);
     t->params.stream = 1;
-    json_t *req = msgs ? cl_llm_build_request(t->app->w->cfg, msgs, &t->params) : NULL;
-    json_decref(msgs);
+    json_t *req = build_messages(t, res, &msgs) == 0
+                      ? cl_llm_build_request(t->app->w->cfg, NULL, &t->params)
+                      : NULL;
     if (!req) {
-        fail(t, CL_ERR_PROCESSING_ERROR, "out of memory");
+        cl_buf_release(&msgs);
+        fail(t, CL_ERR_PROCESSING_ERROR, "cannot build the request");
         return;
     }
     if (!t->params.model)
         t->params.model = t->app->w->cfg->model;
     t->state = TURN_GENERATING;
-    t->call = cl_llm_start(t->app->llm, req, &turn_llm_callbacks, t);
+    t->call = cl_llm_start_messages(t->app->llm, req, cl_buf_cstr(&msgs), t->prompt_chars,
+                                    &turn_llm_callbacks, t);
     json_decref(req);
+    cl_buf_release(&msgs);
     if (!t->call) {
         fail(t, CL_ERR_PROCESSING_ERROR, "cannot start the model call");
         return;
@@ -343,17 +369,24 @@ static void on_loaded(void *ud, const cl_db_res *res)
 
 /* ---- public ------------------------------------------------------------------------ */
 
+/* The history, oldest first, as the JSON text of a "messages" array (sent
+ * upstream as it is: see build_messages), with its count and bytes of text. */
+#define SQL_HISTORY                                                                                \
+    " CROSS JOIN LATERAL (SELECT"                                                                  \
+    " coalesce(json_agg(json_build_object('role', x.role, 'content', x.content)"                  \
+    "  ORDER BY x.created_at, x.id), '[]'::json) AS msgs,"                                         \
+    " count(*) AS n, coalesce(sum(octet_length(x.content)), 0) AS bytes"                           \
+    " FROM (SELECT role, content, created_at, id FROM messages"                                    \
+    "  WHERE conversation_id = c.id AND role IN ('user', 'assistant') AND content <> ''"           \
+    "  ORDER BY created_at DESC, id DESC LIMIT $3::int) x) h"
+
 static const char SQL_LOAD_BY_ID[] =
     "WITH c AS (UPDATE conversations SET updated_at = now()"
     " WHERE id = $1::uuid AND user_id = $2::uuid"
     " RETURNING id, system_prompt, model, agent_id) "
     "SELECT c.id, coalesce(c.system_prompt, a.system_prompt), coalesce(c.model, a.model),"
-    " (SELECT coalesce(json_agg(json_build_object('role', h.role, 'content', h.content)"
-    "   ORDER BY h.created_at, h.id), '[]'::json)"
-    "  FROM (SELECT role, content, created_at, id FROM messages"
-    "   WHERE conversation_id = c.id AND role IN ('user', 'assistant') AND content <> ''"
-    "   ORDER BY created_at DESC, id DESC LIMIT $3::int) h)"
-    " FROM c LEFT JOIN agents a ON a.id = c.agent_id AND a.user_id = $2::uuid";
+    " h.msgs, h.n, h.bytes"
+    " FROM c LEFT JOIN agents a ON a.id = c.agent_id AND a.user_id = $2::uuid" SQL_HISTORY;
 
 static const char SQL_LOAD_BY_SESSION[] =
     "WITH c AS (INSERT INTO conversations (user_id, session_key, title)"
@@ -361,12 +394,8 @@ static const char SQL_LOAD_BY_SESSION[] =
     " ON CONFLICT (user_id, session_key) DO UPDATE SET updated_at = now()"
     " RETURNING id, system_prompt, model, agent_id) "
     "SELECT c.id, coalesce(c.system_prompt, a.system_prompt), coalesce(c.model, a.model),"
-    " (SELECT coalesce(json_agg(json_build_object('role', h.role, 'content', h.content)"
-    "   ORDER BY h.created_at, h.id), '[]'::json)"
-    "  FROM (SELECT role, content, created_at, id FROM messages"
-    "   WHERE conversation_id = c.id AND role IN ('user', 'assistant') AND content <> ''"
-    "   ORDER BY created_at DESC, id DESC LIMIT $3::int) h)"
-    " FROM c LEFT JOIN agents a ON a.id = c.agent_id AND a.user_id = $1::uuid";
+    " h.msgs, h.n, h.bytes"
+    " FROM c LEFT JOIN agents a ON a.id = c.agent_id AND a.user_id = $1::uuid" SQL_HISTORY;
 
 cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink *sink, void *ud)
 {

@@ -87,6 +87,8 @@ static void call_release(cl_llm_call *c)
     llm->active--;
     json_decref(c->request);
     c->request = NULL;
+    free(c->messages_json);
+    c->messages_json = NULL;
     cl_sse_free(&c->sse);
     cl_llm_result_free(&c->result);
     cl_buf_release(&c->resp);
@@ -111,6 +113,20 @@ void cl_llm_cancel(cl_llm_call *c)
 
 /* ---- final outcomes ------------------------------------------------------- */
 
+size_t cl_llm__prompt_chars(const cl_llm_call *c)
+{
+    if (c->messages_json)
+        return c->prompt_chars;
+    size_t chars = 0, i;
+    json_t *m;
+    json_array_foreach(json_object_get(c->request, "messages"), i, m) {
+        const char *content = json_string_value(json_object_get(m, "content"));
+        if (content)
+            chars += strlen(content);
+    }
+    return chars;
+}
+
 /* When the upstream reported no usage (cut short, or it never does), count
  * what we can: about four characters a token for the prompt, and for the
  * answer the larger of its characters / 4 and the chunks that carried it. */
@@ -119,14 +135,7 @@ static void estimate_usage(cl_llm_call *c)
     cl_llm_usage *u = &c->result.usage;
     if (u->present)
         return;
-    size_t chars = 0, i;
-    json_t *m;
-    json_array_foreach(json_object_get(c->request, "messages"), i, m) {
-        const char *content = json_string_value(json_object_get(m, "content"));
-        if (content)
-            chars += strlen(content);
-    }
-    u->prompt_tokens = (int64_t)(chars / 4) + 1;
+    u->prompt_tokens = (int64_t)(cl_llm__prompt_chars(c) / 4) + 1;
     int64_t by_text = (int64_t)(c->result.content.len + 3) / 4;
     int64_t by_chunks = c->result.chunks > 1 ? c->result.chunks - 1 : c->result.chunks;
     u->completion_tokens = by_text > by_chunks ? by_text : by_chunks;
@@ -594,6 +603,27 @@ static int curl_start(cl_llm_call *c)
 
 /* ---- attempts ---------------------------------------------------------------- */
 
+/* The request as JSON text. Messages given as text (a turn's history comes
+ * from PostgreSQL already as JSON) are spliced in front of the other
+ * members rather than parsed into a tree and written out again: for a long
+ * conversation that parse and dump was a fifth of a turn's CPU. */
+static char *request_body(cl_llm_call *c)
+{
+    char *rest = json_dumps(c->request, JSON_COMPACT);
+    if (!rest || !c->messages_json)
+        return rest;
+    size_t ml = strlen(c->messages_json), rl = strlen(rest);
+    char *body = malloc(sizeof "{\"messages\":," - 1 + ml + rl + 1);
+    if (body) {
+        int more = rl > 2; /* rest is "{...}": anything besides the braces? */
+        int n = sprintf(body, "{\"messages\":%s%s", c->messages_json, more ? "," : "}");
+        if (more)
+            memcpy(body + n, rest + 1, rl); /* with rest's closing brace and NUL */
+    }
+    free(rest);
+    return body;
+}
+
 static void start_attempt(cl_llm_call *c)
 {
     cl_llm *llm = c->llm;
@@ -611,7 +641,7 @@ static void start_attempt(cl_llm_call *c)
         return;
     }
     free(c->body);
-    c->body = json_dumps(c->request, JSON_COMPACT);
+    c->body = request_body(c);
     if (!c->body || curl_start(c) != 0) {
         stop_transfer(c);
         if (c->in_start) {
@@ -644,10 +674,21 @@ static int add_model(cl_llm_call *c, const char *m, size_t len)
 
 cl_llm_call *cl_llm_start(cl_llm *llm, json_t *request, const cl_llm_callbacks *cb, void *ud)
 {
+    return cl_llm_start_messages(llm, request, NULL, 0, cb, ud);
+}
+
+cl_llm_call *cl_llm_start_messages(cl_llm *llm, json_t *request, const char *messages_json,
+                                   size_t prompt_chars, const cl_llm_callbacks *cb, void *ud)
+{
     const cl_config *cfg = llm->cfg;
     cl_llm_call *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
+    if (messages_json && !(c->messages_json = strdup(messages_json))) {
+        free(c);
+        return NULL;
+    }
+    c->prompt_chars = prompt_chars;
     c->llm = llm;
     c->cb = *cb;
     c->ud = ud;

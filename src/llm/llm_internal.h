@@ -37,6 +37,9 @@ struct cl_llm_call {
     cl_llm *llm;
     cl_llm_call *prev, *next;
     json_t *request;
+    char *messages_json;            /* the "messages" array as JSON text, spliced into
+                                     * every attempt's body (NULL: in request) */
+    size_t prompt_chars;            /* with messages_json: bytes of message text */
     cl_llm_callbacks cb;
     void *ud;
     call_state state;
@@ -91,6 +94,8 @@ void cl_llm__finish_ok(cl_llm_call *c, const char *body, size_t len);
 void cl_llm__fail(cl_llm_call *c, cl_err_code code, const char *msg, int status,
                   const char *body);
 uint64_t cl_llm__now(const cl_llm *llm);
+/** Bytes of message text in the request (for estimates). */
+size_t cl_llm__prompt_chars(const cl_llm_call *c);
 
 /* call.c: a cleared easy handle from the pool (or a new one), and back. */
 CURL *cl_llm__easy_get(cl_llm *llm);

@@ -20,18 +20,6 @@
 #include <time.h>
 
 /* A rough prompt size: a token is about four characters of text. */
-static int estimate_prompt_tokens(json_t *request)
-{
-    size_t chars = 0;
-    size_t i;
-    json_t *m;
-    json_array_foreach(json_object_get(request, "messages"), i, m) {
-        const char *content = json_string_value(json_object_get(m, "content"));
-        if (content)
-            chars += strlen(content);
-    }
-    return (int)(chars / 4) + 1;
-}
 
 /* Writes the common head of a chunk: {"id":..,"object":..,"created":..,"model":.., */
 static void chunk_head(cl_llm_call *c, cl_buf *b)
@@ -155,7 +143,7 @@ void cl_llm__mock_start(cl_llm_call *c)
         mt = json_object_get(c->request, "max_tokens");
     if (json_is_integer(mt) && json_integer_value(mt) > 0 && json_integer_value(mt) < c->mock_n)
         c->mock_n = (int)json_integer_value(mt);
-    c->mock_prompt_tokens = estimate_prompt_tokens(c->request);
+    c->mock_prompt_tokens = (int)(cl_llm__prompt_chars(c) / 4) + 1;
     uv_timer_start(&c->mock_timer, on_mock_timer, cfg->mock_first_token_ms, 0);
 }
 

@@ -11,7 +11,8 @@ json_t *cl_llm_build_request(const cl_config *cfg, json_t *messages, const cl_ll
         return NULL;
     int rc = 0;
     rc |= json_object_set_new(req, "model", json_string(p->model && *p->model ? p->model : cfg->model));
-    rc |= json_object_set(req, "messages", messages);
+    if (messages) /* NULL: the caller splices them in as text (cl_llm_start_messages) */
+        rc |= json_object_set(req, "messages", messages);
     rc |= json_object_set_new(req, "temperature",
                               json_real(p->has_temperature ? p->temperature : cfg->temperature));
     rc |= json_object_set_new(req, "max_tokens",

@@ -118,7 +118,10 @@ test('streaming turn (stream: true, or Accept: text/event-stream): start, tokens
 
 test('history reaches the upstream: the second request holds [system, user1, assistant1, user2] exactly', async () => {
   const u = await newUser(srv.port);
-  const c = await createConv(u, { system_prompt: 'Remember everything.' });
+  // the history is spliced into the request as PostgreSQL's JSON text: escapes
+  // and non-ASCII text must arrive exactly
+  const sys = 'Remember "everything" \u00e9\u4e2d \\ \n\t.';
+  const c = await createConv(u, { system_prompt: sys });
   const q1 = `My name is Ada ${Date.now()}`;
   const q2 = 'What is my name? \u00e9\u4e2d "quoted" \\ \n newline';
   const first = await turn(u, c.id, { message: q1 });
@@ -126,7 +129,7 @@ test('history reaches the upstream: the second request holds [system, user1, ass
   assert.ok(second.done, second.raw);
   const sent = await upstreamOne(q2);
   assert.deepEqual(sent.messages, [
-    { role: 'system', content: 'Remember everything.' },
+    { role: 'system', content: sys },
     { role: 'user', content: q1 },
     { role: 'assistant', content: first.response },
     { role: 'user', content: q2 },
@@ -136,7 +139,7 @@ test('history reaches the upstream: the second request holds [system, user1, ass
   await turn(u, c.id, { message: q3 });
   assert.deepEqual(
     (await upstreamOne(q3)).messages.map((m) => [m.role, m.content]),
-    [['system', 'Remember everything.'], ['user', q1], ['assistant', mockText(N)], ['user', q2], ['assistant', mockText(N)], ['user', q3]],
+    [['system', sys], ['user', q1], ['assistant', mockText(N)], ['user', q2], ['assistant', mockText(N)], ['user', q3]],
   );
 });
 

@@ -70,4 +70,20 @@ static void test_overrides(void)
     cl_config_free(&cfg);
 }
 
-CL_TEST_MAIN(test_defaults_from_config, test_overrides)
+/* A turn passes no messages: it splices them in as text (cl_llm_start_messages). */
+static void test_without_messages(void)
+{
+    cl_config cfg;
+    char err[CL_ERRBUF];
+    CHECK(cl_config_init(&cfg, err) == 0);
+    cl_llm_params p = {.stream = 1};
+    json_t *r = cl_llm_build_request(&cfg, NULL, &p);
+    CHECK(r != NULL);
+    CHECK(json_object_get(r, "messages") == NULL);
+    CHECK_EQ_STR(json_string_value(json_object_get(r, "model")), "llama-3.3-70b-versatile");
+    CHECK(json_is_true(json_object_get(r, "stream")));
+    json_decref(r);
+    cl_config_free(&cfg);
+}
+
+CL_TEST_MAIN(test_defaults_from_config, test_overrides, test_without_messages)
