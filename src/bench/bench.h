@@ -187,6 +187,8 @@ uint64_t cb_run_next_turn(cb_run *r);
 /** Gives back a reservation that was not used (the run ended first). */
 void cb_run_unreserve(cb_run *r);
 int cb_run_stopping(cb_run *r);
+/** Something no retry can fix (e.g. 401 without a token): say why, end the run. */
+void cb_run_give_up(cb_run *r, const char *why);
 /** A session has finished for good. */
 void cb_run_session_done(cb_run *r);
 

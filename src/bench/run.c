@@ -90,6 +90,14 @@ static void stop(cb_run *r)
         cb_session_stop(cb_session_at(r->ss, i));
 }
 
+void cb_run_give_up(cb_run *r, const char *why)
+{
+    if (r->stopping)
+        return;
+    fprintf(stderr, "chatbench: %s; stopping the run\n", why);
+    stop(r);
+}
+
 static void on_deadline(uv_timer_t *t)
 {
     stop(t->data);

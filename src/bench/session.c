@@ -858,6 +858,9 @@ static void response_ended(cb_session *s)
             snprintf(c2, sizeof c2, "HTTP_%d", s->status);
         turn_fail(s, c2, why, 0);
         cl_buf_release(&s->errbody);
+        if (s->status == 401 && !cb_run_options(s->run)->token)
+            cb_run_give_up(s->run, "the server wants a token (HTTP 401): pass --token JWT or "
+                                   "--login EMAIL:PASSWORD");
     } else if (s->in_turn) {
         const char *end = cb_run_options(s->run)->mode == CB_MODE_OPENAI ? "data: [DONE]"
                                                                           : "event: done";
@@ -885,6 +888,9 @@ static void http_input(cb_session *s, const char *p, size_t n)
                      s->status == 401 ? " (the server wants --token JWT or --login EMAIL:PASSWORD)"
                                       : "");
             conn_lost(s, why);
+            if (s->status == 401 && !cb_run_options(s->run)->token)
+                cb_run_give_up(s->run, "the server wants a token (HTTP 401): pass --token JWT or "
+                                       "--login EMAIL:PASSWORD");
             return;
         }
         if (err == HPE_PAUSED) {

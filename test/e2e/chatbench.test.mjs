@@ -521,6 +521,14 @@ test('auth required: no token → HANDSHAKE 401 with a hint; --login registers, 
     assert.equal(none.report.turns_ok, 0);
     assert.ok(none.report.errors.HANDSHAKE, JSON.stringify(none.report.errors));
     assert.match(none.report.errors.HANDSHAKE.example, /401.*--login/);
+    // no retrying for the whole duration: a 401 without a token ends the run at once
+    for (const [mode, url] of [['ws', ws], ['sse', `http://${HOST}:${authed.port}/api/v1/chat`]]) {
+      const r = await bench(['--json', '--mode', mode, '-c', '4', '-d', '20s', url]);
+      assert.equal(r.code, 1, mode);
+      assert.ok(r.ms < 5000, `${mode}: ended at once (${r.ms} ms)`);
+      assert.match(r.stderr, /wants a token \(HTTP 401\): pass --token JWT or --login/, mode);
+      assert.equal(r.report.turns_ok, 0, mode);
+    }
 
     const login = ['--login', 'bench@example.com:correct horse battery'];
     const j = await benchJson([...login, '--mode', 'ws', '-c', '3', '-n', '9', '-t', '10', ws], 0);
