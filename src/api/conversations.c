@@ -27,6 +27,7 @@
  * that has not moved. A conversation that receives a turn while a client
  * pages moves to the front (updated_at is bumped), as newest-first implies.
  */
+#include "chatloop/hex.h"
 #include "chatloop/api.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
@@ -124,17 +125,6 @@ static int path_id(cl_req *r, char out[37])
     return 1;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The first `name=value` of the query string, percent-decoded (and '+' as
  * space) into out. Returns 1 when found, 0 when absent, -1 when the value
  * is malformed or does not fit. */
@@ -151,8 +141,8 @@ static int query_param(const cl_req *r, const char *name, char *out, size_t outl
             for (size_t i = nlen + 1; i < plen; i++) {
                 char c = q[i];
                 if (c == '%') {
-                    int hi = i + 2 < plen ? hexval(q[i + 1]) : -1;
-                    int lo = hi >= 0 ? hexval(q[i + 2]) : -1;
+                    int hi = i + 2 < plen ? cl_hexval(q[i + 1]) : -1;
+                    int lo = hi >= 0 ? cl_hexval(q[i + 2]) : -1;
                     if (lo < 0)
                         return -1;
                     c = (char)(hi * 16 + lo);

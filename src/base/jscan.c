@@ -4,6 +4,7 @@
  * literals) and unescapes strings to UTF-8.
  */
 #include "chatloop/jscan.h"
+#include "chatloop/hex.h"
 
 #include <string.h>
 
@@ -32,30 +33,36 @@ static const unsigned char string_stop[256] = {
     [0x80 ... 0xff] = 1,
 };
 
-static int hexval(unsigned char c)
+/* The \\u escape at p (p[0] == 'u'), a surrogate pair taken whole: stores
+ * the code point and returns the bytes used after the backslash (5 or 11),
+ * or -1 for bad hex or a lone surrogate. */
+static int unicode_escape(const unsigned char *p, const unsigned char *end, unsigned long *cp)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* \uXXXX at p (p[0] == 'u'); the code unit, or -1. */
-static long hex_unit(const unsigned char *p, const unsigned char *end)
-{
-    if (end - p < 5 || p[0] != 'u')
-        return -1;
-    long v = 0;
-    for (int i = 1; i <= 4; i++) {
-        int h = hexval(p[i]);
-        if (h < 0)
+    unsigned long v[2] = {0, 0};
+    int units = 1;
+    for (int u = 0; u < units; u++) {
+        const unsigned char *q = p + 6 * u; /* the second unit follows "\\" */
+        if (end - q < 5 || q[0] != 'u' || (u == 1 && q[-1] != '\\'))
             return -1;
-        v = v * 16 + h;
+        for (int i = 1; i <= 4; i++) {
+            int h = cl_hexval(q[i]);
+            if (h < 0)
+                return -1;
+            v[u] = v[u] * 16 + (unsigned long)h;
+        }
+        if (u == 0 && v[0] >= 0xD800 && v[0] <= 0xDBFF)
+            units = 2;
     }
-    return v;
+    if (units == 2) {
+        if (v[1] < 0xDC00 || v[1] > 0xDFFF)
+            return -1;
+        *cp = 0x10000 + ((v[0] - 0xD800) << 10) + (v[1] - 0xDC00);
+        return 11;
+    }
+    if (v[0] >= 0xDC00 && v[0] <= 0xDFFF)
+        return -1;
+    *cp = v[0];
+    return 5;
 }
 
 /* Length of the valid UTF-8 sequence at p (shortest form, no surrogates,
@@ -122,16 +129,11 @@ static int skip_string(scan *s)
             p++;
             break;
         case 'u': {
-            long u = hex_unit(p, end);
-            if (u < 0 || (u >= 0xDC00 && u <= 0xDFFF))
+            unsigned long cp;
+            int used = unicode_escape(p, end, &cp);
+            if (used < 0)
                 return -1;
-            p += 5;
-            if (u >= 0xD800 && u <= 0xDBFF) {
-                long lo = (end - p >= 6 && p[0] == '\\') ? hex_unit(p + 1, end) : -1;
-                if (lo < 0xDC00 || lo > 0xDFFF)
-                    return -1;
-                p += 6;
-            }
+            p += used;
             break;
         }
         default:
@@ -314,25 +316,6 @@ int cl_json_is(cl_json_span v, const char *lit)
     return v.p && v.n == n + 2 && v.p[0] == '"' && memcmp(v.p + 1, lit, n) == 0;
 }
 
-static int hex4(const char *p, unsigned *out)
-{
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        char c = p[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f')
-            v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F')
-            v |= (unsigned)(c - 'A' + 10);
-        else
-            return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 long cl_json_string(cl_json_span v, char *out, size_t cap)
 {
     if (!v.p || v.n < 2 || v.p[0] != '"' || v.p[v.n - 1] != '"')
@@ -366,20 +349,11 @@ long cl_json_string(cl_json_span v, char *out, size_t cap)
         case 'r': PUT('\r'); break;
         case 't': PUT('\t'); break;
         case 'u': {
-            unsigned cp;
-            if (end - p < 4 || hex4(p, &cp) != 0)
+            unsigned long cp;
+            int used = unicode_escape((const unsigned char *)p - 1, (const unsigned char *)end, &cp);
+            if (used < 0)
                 return -1;
-            p += 4;
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                unsigned lo;
-                if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &lo) != 0 ||
-                    lo < 0xDC00 || lo > 0xDFFF)
-                    return -1;
-                p += 6;
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                return -1;
-            }
+            p += used - 1; /* the 'u' was consumed already */
             if (cp < 0x80) {
                 PUT(cp);
             } else if (cp < 0x800) {

@@ -21,6 +21,7 @@
  * message that libpq wrote is scrubbed of the password (libpq quotes pieces
  * of a malformed conninfo string back, and those may be the password).
  */
+#include "chatloop/hex.h"
 #include "chatloop/config.h"
 #include "chatloop/db.h"
 #include "migrations.h"
@@ -55,17 +56,6 @@ static void add_secret(secrets *sc, const char *p, size_t len)
     sc->n++;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Adds the raw span and, when it differs, its percent-decoded form. */
 static void add_secret_span(secrets *sc, const char *p, size_t len)
 {
@@ -74,7 +64,7 @@ static void add_secret_span(secrets *sc, const char *p, size_t len)
     size_t o = 0;
     for (size_t i = 0; i < len && o + 1 < sizeof dec; i++) {
         int h, l;
-        if (p[i] == '%' && i + 2 < len && (h = hexval(p[i + 1])) >= 0 && (l = hexval(p[i + 2])) >= 0) {
+        if (p[i] == '%' && i + 2 < len && (h = cl_hexval(p[i + 1])) >= 0 && (l = cl_hexval(p[i + 2])) >= 0) {
             dec[o++] = (char)(h * 16 + l);
             i += 2;
         } else {
