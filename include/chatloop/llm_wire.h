@@ -80,8 +80,8 @@ int cl_llm_decode_chunk(cl_llm_result *r, const char *json, size_t len,
  * read with the jscan scanner instead of jansson and handled as
  * cl_llm_decode_chunk would (model and id are not read: the first chunk of
  * a stream is decoded in full). Returns CL_WIRE_OK when handled, 1 when the
- * chunk is not of that plain shape; then decode it with cl_llm_decode_chunk,
- * which also reports malformed input precisely.
+ * chunk is not of that plain shape (an error in it included); then decode
+ * it with cl_llm_decode_chunk, which also reports malformed input precisely.
  */
 int cl_llm_decode_plain_chunk(cl_llm_result *r, const char *json, size_t len,
                               void (*on_content)(void *ud, const char *text, size_t len), void *ud);

@@ -409,12 +409,18 @@ int cl_llm_decode_chunk(cl_llm_result *r, const char *json, size_t len,
 int cl_llm_decode_plain_chunk(cl_llm_result *r, const char *json, size_t len,
                               void (*on_content)(void *ud, const char *text, size_t len), void *ud)
 {
-    static const char *const top[] = {"choices"};
+    static const char *const top[] = {"choices", "error", "x_groq"};
     static const char *const in_choice[] = {"index", "delta"};
     static const char *const in_delta[] = {"content"};
-    cl_json_span choices, f[2], content;
-    if (cl_json_members(json, len, top, &choices, 1) != 0 || !choices.p || choices.p[0] != '[')
+    static const char *const in_groq[] = {"error"};
+    cl_json_span t[3], f[2], content, groq_error;
+    if (cl_json_members(json, len, top, t, 3) != 0 || !t[0].p || t[0].p[0] != '[')
         return 1;
+    /* an error, in either form, is the full decoder's to report */
+    if (t[1].p || (t[2].p && t[2].p[0] == '{' &&
+                   (cl_json_members(t[2].p, t[2].n, in_groq, &groq_error, 1) != 0 || groq_error.p)))
+        return 1;
+    cl_json_span choices = t[0];
     cl_json_span first = cl_json_first(choices);
     if (!first.p || first.p[0] != '{' || cl_json_members(first.p, first.n, in_choice, f, 2) != 0)
         return 1;

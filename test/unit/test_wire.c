@@ -93,6 +93,8 @@ static void test_plain_chunk(void)
         "{\"choices\":{\"delta\":{}}}",
         "{not json",
         "[1,2]",
+        "{\"error\":\"overloaded\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}",
+        "{\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"x_groq\":{\"error\":{\"message\":\"m\"}}}",
     };
     for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
         cl_llm_result r;
