@@ -48,37 +48,13 @@ sup=$!; pids+=("$sup")
 wait_http "$cport" /health
 worker=$(pgrep -P "$sup" | head -1)
 
-nport=$(free_port)
-cat >"$tmp/nginx.conf" <<NGX
-worker_processes 1;
-daemon off;
-pid $tmp/nginx.pid;
-error_log $tmp/nginx-error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  upstream mock { server 127.0.0.1:$mport; keepalive 512; }
-  server {
-    listen 127.0.0.1:$nport;
-    location / {
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}
-NGX
-nginx -c "$tmp/nginx.conf" -p "$tmp" &
-pids+=($!)
-wait_http "$nport" /health
-nginx_worker=$(pgrep -P "$(cat "$tmp/nginx.pid")" | head -1)
+start_nginx_relay "$mport" 1
 
 echo "100-token streams, wrk -t1 -d${DUR}s, $(nproc) cores, $(date -u +%F)"
 for c in 50 256; do
   row "direct to chatloop-mock" "$mport" "$c" "$mock"
   row "chatloop (1 worker)" "$cport" "$c" "$worker"
-  row "nginx (1 worker)" "$nport" "$c" "$nginx_worker"
+  row "nginx (1 worker)" "$nport" "$c" $nginx_workers
 done
 echo "chatloop worker peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$worker/status")"
 grep -i 'restart' "$tmp/chatloop.log" && { echo "a chatloop worker died during the run" >&2; exit 1; } || true

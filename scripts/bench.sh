@@ -110,31 +110,7 @@ t1=$(cpu_ticks $workers)
 record 1b "same load on the /v1 pass-through (no PostgreSQL)" "$tmp/s1b.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
 stop_chatloop
 
-nport=$(free_port)
-cat >"$tmp/nginx.conf" <<NGX
-worker_processes $ncores;
-daemon off;
-pid $tmp/nginx.pid;
-error_log $tmp/nginx-error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  upstream mock { server 127.0.0.1:$fast_port; keepalive 512; }
-  server {
-    listen 127.0.0.1:$nport reuseport;
-    location / {
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}
-NGX
-nginx -c "$tmp/nginx.conf" -p "$tmp" &
-pids+=($!)
-wait_http "$nport" /health
-nginx_workers=$(pgrep -P "$(cat "$tmp/nginx.pid")" | tr '\n' ' ')
+start_nginx_relay "$fast_port" "$ncores"
 t0=$(cpu_ticks $nginx_workers)
 run_cb "$tmp/s1c.json" --mode openai -c 256 -d "${S1_DUR}s" -t 100 "http://127.0.0.1:$nport/v1/chat/completions"
 t1=$(cpu_ticks $nginx_workers)
