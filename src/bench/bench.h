@@ -169,7 +169,7 @@ int cb_login(const cb_options *o, const char *email_password, char **token);
 
 /* session.c: one session's connection and turns. */
 cb_session *cb_sessions_new(cb_run *r, int n);
-void cb_sessions_free(cb_session *ss, int n);
+void cb_sessions_free(cb_session *ss);
 cb_session *cb_session_at(cb_session *ss, int i);
 /** Starts session s (global index `index`) after delay_ns. */
 void cb_session_start(cb_session *s, int index, uint64_t delay_ns);

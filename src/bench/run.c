@@ -153,7 +153,7 @@ int cb_run_sessions(const cb_options *o, int first, int sessions, double rate, u
     }
     uv_run(&r->loop, UV_RUN_DEFAULT);
     uv_loop_close(&r->loop);
-    cb_sessions_free(r->ss, r->n);
+    cb_sessions_free(r->ss);
     cb_expect_free(&r->expect);
     free(r);
     return 0;

@@ -96,9 +96,8 @@ cb_session *cb_sessions_new(cb_run *r, int n)
     return ss;
 }
 
-void cb_sessions_free(cb_session *ss, int n)
+void cb_sessions_free(cb_session *ss)
 {
-    (void)n;
     free(ss);
 }
 
