@@ -45,6 +45,9 @@ typedef struct cl_config {
     char *database_url;
     int db_pool_size;
     int db_write_queue;             /* durable writes held while the db is down */
+    uint64_t db_query_timeout_ms;   /* every query's deadline (queue wait; statement_timeout) */
+    int db_queue_max;               /* ordinary queries waiting for a connection */
+    char *spool_dir;                /* on-disk queue of acknowledged writes; "" = off */
 
     /* provider */
     cl_provider_kind provider;
@@ -64,6 +67,7 @@ typedef struct cl_config {
     uint64_t idle_chunk_timeout_ms;
     uint64_t turn_timeout_ms;
     uint64_t retrieval_timeout_ms;
+    uint64_t request_timeout_ms;    /* dispatched request without an answer started -> 504 */
     uint64_t header_timeout_ms;     /* whole request head must arrive within this */
     uint64_t body_timeout_ms;       /* gap allowed between body reads */
     uint64_t keepalive_timeout_ms;  /* idle time between requests on one connection */

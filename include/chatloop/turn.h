@@ -1,24 +1,33 @@
 /**
- * turn.h — one chat turn: the state machine shared by every transport
- * (REST, SSE now; WebSocket next).
+ * turn.h — one chat turn, shared by every transport (REST, SSE, WebSocket).
  *
- *   LOADING ──history──> GENERATING ──done──> FINISHED
- *      │                     │  (tokens to the sink as they arrive)
- *      └───── error ─────────┴──> FINISHED (sink->on_error)
- *   any state ──cl_turn_cancel──> FINISHED, persisted as cancelled
+ *   LOADING ──loaded──> GENERATING ──answer complete──> STORING ──stored──> FINISHED
+ *      │                    │ (tokens to the sink)         │                 (on_done)
+ *      └──── error ─────────┴──── error ───────────────────┴──> FINISHED (on_error)
+ *   any state ──cl_turn_cancel──> FINISHED (the sink hears nothing)
  *
  * LOADING is one statement: it checks the conversation belongs to the
- * caller (or creates the session-keyed one) and reads the last
- * history_messages messages. GENERATING starts the provider call and, at the
- * same time, the durable insert of the user message: the first token never
- * waits on that write. When the answer ends — complete, failed or cancelled
- * — one durable statement stores the assistant message (status complete |
- * error | cancelled, with what streamed) and the usage event, keyed by ids
- * made here, so a write replayed after a database outage is stored once.
+ * caller (or creates the session-keyed one), reads the last
+ * history_messages messages and stores the user message — so the first
+ * token never waits for a second round trip, and a crash mid-stream never
+ * loses what the user sent. GENERATING streams the provider's answer.
+ * STORING writes the assistant message and its usage event in one durable
+ * statement keyed by ids made here (an outage delays it, a replay stores it
+ * once); on_done fires only after the database confirmed that write or it
+ * was spooled to disk (spool_dir). An answer that cannot be stored is
+ * reported through on_error, never as done: DB_UNAVAILABLE when the write
+ * queue is full or neither the database nor the disk took it, NOT_FOUND
+ * when the conversation was deleted meanwhile (its usage is still billed),
+ * PROCESSING_ERROR when the database refused it.
  *
- * The sink's callbacks fire on the loop; after on_done or on_error (each at
- * most once, one of them exactly once unless cancelled) the turn frees
- * itself. cl_turn_cancel stops everything at once and fires nothing.
+ * An answer cut short (provider error, cancel) is stored with status error
+ * or cancelled, with the usage the provider reported (or an estimate);
+ * nobody waits for that write. LOADING has a deadline: request_timeout
+ * (REQUEST_TIMEOUT); the provider call has its own timeouts (llm.h).
+ *
+ * The sink's callbacks fire on the loop, never inside cl_turn_start; after
+ * on_done or on_error (exactly one of them, unless cancelled) the turn is
+ * gone. cl_turn_cancel stops everything at once and fires nothing.
  */
 #ifndef CHATLOOP_TURN_H
 #define CHATLOOP_TURN_H
@@ -65,6 +74,9 @@ void cl_turn_pause(cl_turn *t, int on);
  *  this loop iteration, the partial answer is stored as cancelled, and the
  *  sink hears nothing more. NULL is ignored. */
 void cl_turn_cancel(cl_turn *t);
+
+/** "LOADING", "GENERATING", ... (logs, tests). */
+const char *cl_turn_state_name(const cl_turn *t);
 
 /**
  * Validates a turn request body (SPEC §3: message, stream?, model?,

@@ -5,6 +5,7 @@
 #include "chatloop/routes.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 cl_app *cl_app_current(void)
 {
@@ -23,9 +24,12 @@ static int app_start(cl_worker *w)
     if (!app->llm)
         return -1;
     if (w->cfg->database_url[0]) {
-        app->db = cl_db_new(w->loop, w->cfg);
-        if (!app->db)
+        char err[512];
+        app->db = cl_db_new(w->loop, w->cfg, w->id, err, sizeof err);
+        if (!app->db) {
+            CL_ERROR("worker %d: database pool: %s", w->id, err);
             return -1;
+        }
     }
     if (w->id == 0) {
         const cl_config *cfg = w->cfg;
@@ -57,9 +61,6 @@ static void app_stop(cl_worker *w)
         return;
     cl_models_cache_free(app->models);
     cl_llm_free(app->llm);
-    if (app->db && cl_db_pending_durable(app->db))
-        CL_ERROR("stopping with %llu database write(s) not stored",
-                 (unsigned long long)cl_db_pending_durable(app->db));
     cl_db_free(app->db);
     free(app);
     w->app = NULL;
@@ -77,10 +78,19 @@ static int app_health(cl_worker *w, cl_buf *out)
         cl_buf_append_str(out, ",\"db\":{\"status\":\"not_configured\"}");
         return 0;
     }
-    int up = cl_db_available(app->db);
-    cl_buf_printf(out, ",\"db\":{\"status\":\"%s\",\"pending_writes\":%llu}", up ? "ok" : "down",
-                  (unsigned long long)cl_db_pending_durable(app->db));
-    return up ? 0 : -1;
+    /* Not ready while the database is down or while its queries run out
+     * of time: a load balancer then sends the traffic elsewhere. */
+    cl_db_stats st;
+    cl_db_get_stats(app->db, &st);
+    const char *status = st.up == 0 ? "down" : st.timing_out ? "timing_out" : "ok";
+    cl_buf_printf(out,
+                  ",\"db\":{\"status\":\"%s\",\"pool\":{\"size\":%d,\"up\":%d,\"busy\":%d,"
+                  "\"queued\":%d,\"oldest_wait_ms\":%llu,\"timeouts\":%llu},"
+                  "\"pending_writes\":%llu,\"spooled_writes\":%d}",
+                  status, st.size, st.up, st.busy, st.queued,
+                  (unsigned long long)st.oldest_wait_ms, (unsigned long long)st.timeouts,
+                  (unsigned long long)st.pending_writes, st.spooled);
+    return strcmp(status, "ok") == 0 ? 0 : -1;
 }
 
 const cl_worker_hooks cl_app_hooks = {

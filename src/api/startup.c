@@ -10,12 +10,8 @@
 #include "chatloop/db.h"
 #include "chatloop/log.h"
 
-#include <arpa/inet.h>
 #include <libpq-fe.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -39,71 +35,6 @@ static int ensure_local_user(const char *url, char *err, size_t errlen)
     PQclear(res);
     PQfinish(pg);
     return ok ? 0 : -1;
-}
-
-/*
- * libpq resolves a host name inside PQconnectPoll with a blocking
- * getaddrinfo — on the loop, in a worker. So the name is resolved once
- * here, at startup, and the workers get a conninfo with `hostaddr` set
- * (libpq then skips the lookup; `host` stays for TLS and .pgpass).
- * Returns a malloc'd conninfo, or NULL to keep the URL as it is (socket
- * paths, IP literals, several hosts, or a name that does not resolve now:
- * then the workers' own connect attempts report it).
- */
-static char *pin_host_address(const char *url)
-{
-    char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &err);
-    if (!opts) {
-        PQfreemem(err);
-        return NULL;
-    }
-    const char *host = NULL, *hostaddr = NULL;
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        if (strcmp(o->keyword, "host") == 0)
-            host = o->val;
-        else if (strcmp(o->keyword, "hostaddr") == 0)
-            hostaddr = o->val;
-    }
-    char *out = NULL;
-    struct in6_addr a6;
-    if (!host || !*host || host[0] == '/' || (hostaddr && *hostaddr) || strchr(host, ',') ||
-        inet_pton(AF_INET, host, &a6) == 1 || inet_pton(AF_INET6, host, &a6) == 1)
-        goto done;
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-    if (getaddrinfo(host, NULL, &hints, &ai) != 0 || !ai)
-        goto done;
-    char ip[INET6_ADDRSTRLEN] = "";
-    if (ai->ai_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, ip, sizeof ip);
-    else if (ai->ai_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, ip, sizeof ip);
-    freeaddrinfo(ai);
-    if (!ip[0])
-        goto done;
-    /* keyword = 'value' pairs; quotes and backslashes escaped as libpq wants */
-    cl_buf b;
-    cl_buf_init(&b, 0);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        if (!o->val || strcmp(o->keyword, "hostaddr") == 0)
-            continue;
-        cl_buf_printf(&b, "%s%s='", b.len ? " " : "", o->keyword);
-        for (const char *v = o->val; *v; v++) {
-            if (*v == '\\' || *v == '\'')
-                cl_buf_append_char(&b, '\\');
-            cl_buf_append_char(&b, *v);
-        }
-        cl_buf_append_char(&b, '\'');
-    }
-    cl_buf_printf(&b, " hostaddr='%s'", ip);
-    const char *s = cl_buf_cstr(&b);
-    out = s ? strdup(s) : NULL;
-    if (b.data)
-        memset(b.data, 0, b.len); /* it may hold a password */
-    cl_buf_release(&b);
-done:
-    PQconninfoFree(opts);
-    return out;
 }
 
 int cl_app_prepare(cl_config *cfg)
@@ -143,14 +74,16 @@ int cl_app_prepare(cl_config *cfg)
         CL_ERROR("%s", safe);
         return -1;
     }
-    char *pinned = pin_host_address(cfg->database_url);
-    if (pinned) {
-        char cerr[CL_ERRBUF];
-        int rc = cl_config_set(cfg, "database_url", pinned, "resolved", cerr);
-        memset(pinned, 0, strlen(pinned));
-        free(pinned);
-        if (rc != 0) {
-            CL_ERROR("%s", cerr);
+    /* The workers resolve the database host themselves, asynchronously,
+     * before every connect (src/db/pool.c). What a previous run left in
+     * the spool is stored now, before anything new is served. */
+    if (cfg->spool_dir[0]) {
+        static int lock_fd = -1; /* held (and inherited by the workers) for the process's life */
+        if (cl_db_spool_prepare(cfg->spool_dir, cfg->database_url, cfg->drain_timeout_ms + 5000,
+                                &lock_fd, err, sizeof err) != 0) {
+            char safe[512];
+            cl_redact_url(err, safe, sizeof safe);
+            CL_ERROR("%s", safe);
             return -1;
         }
     }

@@ -91,6 +91,12 @@ static const key_desc keys[] = {
     K_INT(db_pool_size, "4", 1, 64, "database connections per worker"),
     K_INT(db_write_queue, "10000", 1, 10000000,
           "writes held per worker while the database is down; past it a turn fails"),
+    K_DUR(db_query_timeout, "5s",
+          "deadline of every query: waiting for a connection, and running (statement_timeout)"),
+    K_INT(db_queue_max, "1024", 1, 1000000,
+          "queries waiting for a connection per worker; past it requests fail at once with 503"),
+    K_STR(spool_dir, "var/spool",
+          "where writes acknowledged while the database is down are kept until stored; empty is off"),
 
     /* provider */
     K_ENUM(provider, cl_provider_kind, "groq", provider_choices,
@@ -112,6 +118,8 @@ static const key_desc keys[] = {
     K_DUR(idle_chunk_timeout, "30s", "longest gap between upstream chunks"),
     K_DUR(turn_timeout, "300s", "whole chat turn, tools included"),
     K_DUR(retrieval_timeout, "10s", "retrieval step of a turn"),
+    K_DUR(request_timeout, "30s",
+          "a request whose answer has not started within this gets 504 (streams: see the upstream timeouts)"),
     K_DUR(header_timeout, "10s", "whole request head must arrive within this"),
     K_DUR(body_timeout, "30s", "longest gap between request body reads"),
     K_DUR(keepalive_timeout, "75s", "idle time allowed between requests on one connection"),

@@ -1,35 +1,58 @@
 /*
  * turn.c — the chat turn state machine (see turn.h).
  *
- * One object per turn, one exit (turn_end): it stores the assistant
- * message with whatever status the turn ended in, then frees everything.
- * The two database writes are durable (CL_DB_DURABLE) and keyed by ids made
- * here, so a database outage delays them but never loses or doubles them;
- * they complete on their own after the turn object is gone.
+ * One object per turn, one setter (turn_set_state) that checks every
+ * transition against turn_next[], logs it at debug level and runs the
+ * state's entry work; nothing else assigns t->state. The turn owns one
+ * timer (the LOADING deadline, then the STORING acknowledgement wait) and
+ * is freed in that timer's close callback, never under a caller (STYLE 1).
+ *
+ * Persistence, in the order a client can observe it:
+ *   - LOADING's one statement stores the user message, so from the first
+ *     token on a crash cannot lose it;
+ *   - the end of the turn writes the assistant message and its usage event
+ *     in one durable statement keyed by ids made here (a replay after an
+ *     outage stores them once). The usage event does not depend on the
+ *     conversation: if it was deleted mid-turn the answer has nowhere to
+ *     go, but its tokens are still billed;
+ *   - only a complete answer is acknowledged (`done`), and only once that
+ *     write is confirmed by the database or spooled to disk (db.h); a write
+ *     refused for good, or one that could be neither, is an error instead.
+ *   An answer cut short (upstream error, cancel, client gone) is stored the
+ *   same way with status error or cancelled; nobody waits for that write.
  */
-#include "chatloop/turn.h"
+#include "turn_internal.h"
+
 #include "chatloop/auth.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
-#include <time.h>
 
-typedef enum { TURN_LOADING, TURN_GENERATING, TURN_STORING, TURN_FINISHED } turn_state;
+/* STORING waits this long for the database to confirm the answer before it
+ * spools the write to disk and acknowledges from there. */
+#define ACK_WAIT_MS 1000
+
+typedef enum { OUT_NONE, OUT_DONE, OUT_ERROR } turn_outcome;
 
 struct cl_turn {
     cl_app *app;
     turn_state state;
     cl_turn_sink sink;
     void *ud;
-    cl_db_query *load;
-    cl_db_query *store;             /* STORING: the answer's write, acknowledged when it is in */
-    cl_buf done_json;               /* STORING: what on_done will say */
-    struct ack_timer *ack_timer;    /* STORING: acknowledges anyway if the write is held up */
-    cl_llm_call *call;
+    uv_timer_t timer;               /* LOADING: request_timeout; STORING: ACK_WAIT_MS */
+    cl_db_query *load;              /* LOADING */
+    cl_llm_call *call;              /* GENERATING */
+    cl_db_query *store;             /* STORING: the answer's write */
+    turn_outcome outcome;           /* what FINISHED tells the sink */
+    cl_err_code err_code;
+    char err_msg[256];
+    cl_buf done_json;               /* what on_done says */
+    cl_llm_usage usage;             /* STORING: the answer's usage and model */
+    char model_used[160];
     char user_id[37];
     char conversation_id[37];
     char user_msg_id[37];
@@ -48,15 +71,76 @@ struct cl_turn {
     int64_t prompt_estimate;
 };
 
-/* ---- small helpers --------------------------------------------------------- */
+/* ---- the transition table -------------------------------------------------- */
 
-static char *dup_or_null(const char *s)
+#define B(s) (1u << (s))
+static const unsigned turn_next[TURN__COUNT] = {
+    [TURN_LOADING] = B(TURN_GENERATING) | B(TURN_FINISHED),
+    [TURN_GENERATING] = B(TURN_STORING) | B(TURN_FINISHED),
+    [TURN_STORING] = B(TURN_FINISHED),
+    [TURN_FINISHED] = 0,
+};
+#undef B
+
+static const char *const turn_names[TURN__COUNT] = {"LOADING", "GENERATING", "STORING",
+                                                    "FINISHED"};
+
+const char *cl_turn__state_name(turn_state s)
 {
-    return s ? strdup(s) : NULL;
+    return s < TURN__COUNT ? turn_names[s] : "?";
 }
 
-static void turn_free(cl_turn *t)
+int cl_turn__legal(turn_state from, turn_state to)
 {
+    return from < TURN__COUNT && to < TURN__COUNT && (turn_next[from] & (1u << to)) != 0;
+}
+
+static void enter_generating(cl_turn *t, const cl_db_res *loaded);
+static void enter_storing(cl_turn *t);
+static void enter_finished(cl_turn *t);
+
+/* The one setter. `loaded` is LOADING's result, for GENERATING's entry. */
+static void turn_set_state(cl_turn *t, turn_state to, const cl_db_res *loaded)
+{
+    turn_state from = t->state;
+    assert(cl_turn__legal(from, to));
+    if (!cl_turn__legal(from, to)) {
+        CL_ERROR("turn %s: illegal transition %s -> %s", t->assistant_msg_id,
+                 cl_turn__state_name(from), cl_turn__state_name(to));
+        return;
+    }
+    CL_DEBUG("turn %s: %s -> %s", t->assistant_msg_id, cl_turn__state_name(from),
+             cl_turn__state_name(to));
+    t->state = to;
+    switch (to) {
+    case TURN_GENERATING:
+        enter_generating(t, loaded);
+        return;
+    case TURN_STORING:
+        enter_storing(t);
+        return;
+    case TURN_FINISHED:
+        enter_finished(t);
+        return;
+    default:
+        return;
+    }
+}
+
+/* Ends the turn telling the sink `code` / `message`. */
+static void fail(cl_turn *t, cl_err_code code, const char *message)
+{
+    t->outcome = OUT_ERROR;
+    t->err_code = code;
+    snprintf(t->err_msg, sizeof t->err_msg, "%s", message);
+    turn_set_state(t, TURN_FINISHED, NULL);
+}
+
+/* ---- teardown ---------------------------------------------------------------- */
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    cl_turn *t = h->data;
     free(t->session_key);
     free(t->message);
     free(t->model_override);
@@ -68,37 +152,78 @@ static void turn_free(cl_turn *t)
     free(t);
 }
 
-/* Durable writes outlive the turn: their callback has no turn to report
- * to, only a log line when the database refused the write for good. */
-static void on_write_done(void *ud, const cl_db_res *res)
+/* FINISHED: whatever is still attached is let go (a durable write goes on
+ * without us), the sink hears the outcome once, and the memory goes when
+ * the timer's close callback runs — after every caller has returned. */
+static void enter_finished(cl_turn *t)
+{
+    cl_db_cancel(t->load);
+    t->load = NULL;
+    cl_db_cancel(t->store);
+    t->store = NULL;
+    assert(!t->call);
+    uv_close((uv_handle_t *)&t->timer, on_timer_closed);
+    if (t->outcome == OUT_DONE && t->sink.on_done) {
+        const char *json = cl_buf_cstr(&t->done_json);
+        t->sink.on_done(t->ud, json ? json : "{}");
+    } else if (t->outcome == OUT_ERROR && t->sink.on_error) {
+        t->sink.on_error(t->ud, t->err_code, t->err_msg);
+    }
+}
+
+/* ---- storing the answer -------------------------------------------------------- */
+
+/* The assistant message and its usage, in one statement, whether or not
+ * the conversation still exists: the lock (FOR KEY SHARE) keeps it from
+ * being deleted between the check and the insert, and the usage event's
+ * conversation_id is NULL when it is gone. The result row says whether
+ * the conversation (hence the message) was there. */
+static const char SQL_STORE_ANSWER[] =
+    "WITH c AS (SELECT id FROM conversations WHERE id = $2::uuid AND user_id = $3::uuid"
+    " FOR KEY SHARE), "
+    "m AS (INSERT INTO messages (id, conversation_id, user_id, role, content, status, tool_calls,"
+    "  model, prompt_tokens, completion_tokens, error, created_at)"
+    " SELECT $1::uuid, c.id, $3::uuid, 'assistant', $4, $5, $6::jsonb, $7, $8::int, $9::int,"
+    "  $10, $11::timestamptz FROM c"
+    " ON CONFLICT (id) DO NOTHING), "
+    "u AS (INSERT INTO usage_events (user_id, idempotency_key, conversation_id, message_id, model,"
+    "  prompt_tokens, completion_tokens, total_tokens, estimated, source)"
+    " SELECT $3::uuid, $12, (SELECT id FROM c), $1::uuid, $7, $8::int, $9::int,"
+    "  $8::int + $9::int, $13::boolean, 'chat' WHERE $14::boolean"
+    " ON CONFLICT (idempotency_key) DO NOTHING) "
+    "SELECT count(*) FROM c";
+
+/* PostgreSQL text cannot hold NUL (and a C string parameter would end at
+ * one): a model that emits U+0000 gets U+FFFD in the stored copy, so the
+ * rest of the answer is not silently dropped. NULL when there is none. */
+static char *without_nul(const cl_buf *b)
+{
+    if (!b->len || !memchr(b->data, 0, b->len))
+        return NULL;
+    cl_buf out;
+    cl_buf_init(&out, 0);
+    for (size_t i = 0; i < b->len; i++) {
+        if (b->data[i])
+            cl_buf_append_char(&out, b->data[i]);
+        else
+            cl_buf_append(&out, "\xEF\xBF\xBD", 3);
+    }
+    const char *s = cl_buf_cstr(&out);
+    char *copy = s ? strdup(s) : NULL;
+    cl_buf_release(&out);
+    return copy;
+}
+
+static void on_background_write(void *ud, const cl_db_res *res)
 {
     (void)ud;
     if (!res->ok)
-        CL_ERROR("storing a chat message failed: %s%s%s", res->error ? res->error : "?",
+        CL_ERROR("storing a chat answer failed: %s%s%s", res->error ? res->error : "?",
                  res->sqlstate[0] ? " SQLSTATE " : "", res->sqlstate);
 }
 
-/* The user message, the answer and its usage, in one statement: all or nothing. */
-static const char SQL_INSERT_ASSISTANT[] =
-    "WITH um AS ("
-    " INSERT INTO messages (id, conversation_id, user_id, role, content, status, created_at)"
-    " VALUES ($15::uuid, $2::uuid, $3::uuid, 'user', $16, 'complete', $17::timestamptz)"
-    " ON CONFLICT (id) DO NOTHING), "
-    "m AS ("
-    " INSERT INTO messages (id, conversation_id, user_id, role, content, status, tool_calls,"
-    "  model, prompt_tokens, completion_tokens, error, created_at)"
-    " VALUES ($1::uuid, $2::uuid, $3::uuid, 'assistant', $4, $5, $6::jsonb, $7, $8::int, $9::int,"
-    "  $10, $11::timestamptz)"
-    " ON CONFLICT (id) DO NOTHING RETURNING id)"
-    " INSERT INTO usage_events (user_id, idempotency_key, conversation_id, message_id, model,"
-    "  prompt_tokens, completion_tokens, total_tokens, estimated, source)"
-    " SELECT $3::uuid, $12, $2::uuid, $1::uuid, $7, $8::int, $9::int, $8::int + $9::int,"
-    "  $13::boolean, 'chat' WHERE $14::boolean"
-    " ON CONFLICT (idempotency_key) DO NOTHING";
-
-static cl_db_query *store_assistant_message(cl_turn *t, const char *status, const char *model,
-                                            const cl_llm_usage *u, const char *error,
-                                            cl_db_cb cb, void *ud)
+static cl_db_query *store_answer(cl_turn *t, const char *status, const char *model,
+                                 const cl_llm_usage *u, const char *error, cl_db_cb cb, void *ud)
 {
     char created[40], prompt[24], completion[24], key[48];
     cl_iso_now(created);
@@ -107,16 +232,91 @@ static cl_db_query *store_assistant_message(cl_turn *t, const char *status, cons
     snprintf(key, sizeof key, "turn:%s", t->assistant_msg_id);
     /* usage is recorded when anything was spent: a reported usage, or text */
     int spend = u->present || u->completion_tokens > 0;
-    const char *content = cl_buf_cstr(&t->content);
+    char *clean = without_nul(&t->content);
+    const char *content = clean ? clean : cl_buf_cstr(&t->content);
     const char *p[] = {t->assistant_msg_id, t->conversation_id, t->user_id, content ? content : "",
                        status, NULL, model, prompt, completion, error, created, key,
-                       u->present ? "false" : "true", spend ? "true" : "false",
-                       t->user_msg_id, t->message, t->started_at};
-    cl_db_query *q = cl_db_exec(t->app->db, SQL_INSERT_ASSISTANT, 17, p, CL_DB_DURABLE,
-                                cb ? cb : on_write_done, ud);
+                       u->present ? "false" : "true", spend ? "true" : "false"};
+    cl_db_query *q = cl_db_exec(t->app->db, SQL_STORE_ANSWER, 14, p, CL_DB_DURABLE,
+                                cb ? cb : on_background_write, ud);
+    free(clean);
     if (!q)
-        CL_ERROR("turn %s: the answer could not be queued for storage", t->assistant_msg_id);
+        CL_ERROR("turn %s: the answer could not be queued for storage (db_write_queue is full)",
+                 t->assistant_msg_id);
     return q;
+}
+
+static void on_answer_stored(void *ud, const cl_db_res *res)
+{
+    cl_turn *t = ud;
+    t->store = NULL;
+    if (res->ok && cl_db_rows(res) == 1 && strcmp(cl_db_get(res, 0, 0), "0") == 0) {
+        fail(t, CL_ERR_NOT_FOUND, "the conversation was deleted while the answer was generated: "
+                                  "the answer was not stored (its usage was recorded)");
+        return;
+    }
+    if (!res->ok) {
+        on_background_write(NULL, res);
+        fail(t, res->unavailable ? CL_ERR_DB_UNAVAILABLE : CL_ERR_PROCESSING_ERROR,
+             "the answer could not be stored");
+        return;
+    }
+    t->outcome = OUT_DONE;
+    turn_set_state(t, TURN_FINISHED, NULL);
+}
+
+static void on_answer_spooled(void *ud, int ok)
+{
+    cl_turn *t = ud;
+    if (t->state != TURN_STORING)
+        return;
+    if (!ok) {
+        /* Neither the database nor the disk has it: not acknowledged. The
+         * write stays queued (it lands when the database is back). */
+        fail(t, CL_ERR_DB_UNAVAILABLE,
+             "the database did not confirm the answer and spool_dir could not keep it; "
+             "it is queued, but not acknowledged");
+        return;
+    }
+    t->outcome = OUT_DONE;
+    turn_set_state(t, TURN_FINISHED, NULL); /* the write goes on without us */
+}
+
+static void on_ack_wait(uv_timer_t *h)
+{
+    cl_turn *t = h->data;
+    if (t->state == TURN_STORING && t->store) {
+        CL_INFO("turn %s: the database has not confirmed the answer within %dms; spooling it",
+                t->assistant_msg_id, ACK_WAIT_MS);
+        cl_db_spool(t->store, on_answer_spooled, t);
+    }
+}
+
+/* STORING: the complete answer's write; acknowledged when the database
+ * confirms it, or when it is on disk — at once if the database is down,
+ * else after ACK_WAIT_MS without an answer. */
+static void enter_storing(cl_turn *t)
+{
+    t->store = store_answer(t, "complete", t->model_used, &t->usage, NULL, on_answer_stored, t);
+    if (!t->store) {
+        fail(t, CL_ERR_DB_UNAVAILABLE,
+             "the database write queue is full (db_write_queue): the answer was not stored");
+        return;
+    }
+    if (!cl_db_available(t->app->db))
+        cl_db_spool(t->store, on_answer_spooled, t);
+    else
+        uv_timer_start(&t->timer, on_ack_wait, ACK_WAIT_MS, 0);
+}
+
+/* ---- generation -------------------------------------------------------------- */
+
+static void on_content(void *ud, const char *text, size_t len)
+{
+    cl_turn *t = ud;
+    cl_buf_append(&t->content, text, len);
+    if (t->sink.on_token)
+        t->sink.on_token(t->ud, text, len);
 }
 
 /* When the provider could not say (cut short, cancelled), estimate. */
@@ -133,83 +333,15 @@ static void usage_or_estimate(cl_turn *t, const cl_llm_result *res, cl_llm_usage
     u->estimated = 1;
 }
 
-/* ---- generation -------------------------------------------------------------- */
-
-static void on_content(void *ud, const char *text, size_t len)
-{
-    cl_turn *t = ud;
-    cl_buf_append(&t->content, text, len);
-    if (t->sink.on_token)
-        t->sink.on_token(t->ud, text, len);
-}
-
-/* STORING waits for the write at most this long: a write caught by an
- * outage is requeued until the database is back, and the client is not
- * kept waiting for that (the write is durable; it lands later). */
-#define ACK_WAIT_MS 1000
-
-struct ack_timer {
-    uv_timer_t h;
-    cl_turn *t;                     /* NULL once the turn no longer waits */
-};
-
-static void ack_timer_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-static void ack_timer_drop(cl_turn *t)
-{
-    if (!t->ack_timer)
-        return;
-    t->ack_timer->t = NULL;
-    uv_close((uv_handle_t *)&t->ack_timer->h, ack_timer_closed);
-    t->ack_timer = NULL;
-}
-
-static void ack_done(cl_turn *t)
-{
-    ack_timer_drop(t);
-    t->state = TURN_FINISHED;
-    const char *json = cl_buf_cstr(&t->done_json);
-    if (t->sink.on_done)
-        t->sink.on_done(t->ud, json ? json : "{}");
-    turn_free(t);
-}
-
-/* The answer is stored: only now is it acknowledged, so the client's next
- * request (on any worker) reads it. */
-static void on_answer_stored(void *ud, const cl_db_res *res)
-{
-    cl_turn *t = ud;
-    t->store = NULL;
-    on_write_done(NULL, res);
-    ack_done(t);
-}
-
-static void on_ack_timeout(uv_timer_t *h)
-{
-    struct ack_timer *at = h->data;
-    cl_turn *t = at->t;
-    if (!t)
-        return;
-    cl_db_cancel(t->store); /* the write goes on; nobody waits for it now */
-    t->store = NULL;
-    CL_WARN("turn %s: the answer is not stored yet; acknowledged anyway (its write is queued)",
-            t->assistant_msg_id);
-    ack_done(t);
-}
-
 static void on_llm_done(void *ud, const cl_llm_result *res, const char *body, size_t len)
 {
     cl_turn *t = ud;
     (void)body;
     (void)len;
     t->call = NULL;
-    t->state = TURN_FINISHED;
     const char *model = res->model[0] ? res->model : t->params.model;
-    cl_llm_usage u;
-    usage_or_estimate(t, res, &u);
+    snprintf(t->model_used, sizeof t->model_used, "%s", model ? model : "");
+    usage_or_estimate(t, res, &t->usage);
     cl_buf *d = &t->done_json;
     cl_buf_append_str(d, "{\"response\":");
     cl_jsonw_str(d, t->content.data ? t->content.data : "", t->content.len);
@@ -217,28 +349,10 @@ static void on_llm_done(void *ud, const cl_llm_result *res, const char *body, si
     cl_jsonw_cstr(d, model);
     cl_buf_printf(d, ",\"message_id\":\"%s\",\"conversation_id\":\"%s\",\"usage\":",
                   t->assistant_msg_id, t->conversation_id);
-    cl_llm_usage_json(&u, d);
+    cl_llm_usage_json(&t->usage, d);
     cl_buf_printf(d, ",\"documents_retrieved\":[],\"tool_calls\":[],\"history_messages\":%d}",
                   t->history_count);
-    /* With the database up, the answer is acknowledged once stored; while
-     * it is down the write waits in the queue and the client hears now. */
-    int up = cl_db_available(t->app->db);
-    t->store = store_assistant_message(t, "complete", model ? model : "", &u, NULL,
-                                       up ? on_answer_stored : NULL, up ? t : NULL);
-    if (!up || !t->store) {
-        t->store = NULL;
-        ack_done(t);
-        return;
-    }
-    t->state = TURN_STORING;
-    struct ack_timer *at = calloc(1, sizeof *at);
-    if (at) {
-        at->t = t;
-        at->h.data = at;
-        uv_timer_init(t->app->w->loop, &at->h);
-        uv_timer_start(&at->h, on_ack_timeout, ACK_WAIT_MS, 0);
-        t->ack_timer = at;
-    }
+    turn_set_state(t, TURN_STORING, NULL);
 }
 
 static void on_llm_error(void *ud, cl_err_code code, const char *message, int status,
@@ -248,13 +362,10 @@ static void on_llm_error(void *ud, cl_err_code code, const char *message, int st
     (void)status;
     (void)upstream_body;
     t->call = NULL;
-    t->state = TURN_FINISHED;
     cl_llm_usage u;
     usage_or_estimate(t, partial, &u);
-    store_assistant_message(t, "error", t->params.model ? t->params.model : "", &u, message, NULL, NULL);
-    if (t->sink.on_error)
-        t->sink.on_error(t->ud, code, message);
-    turn_free(t);
+    store_answer(t, "error", t->params.model ? t->params.model : "", &u, message, NULL, NULL);
+    fail(t, code, message);
 }
 
 static const cl_llm_callbacks turn_llm_callbacks = {
@@ -307,36 +418,15 @@ static int build_messages(cl_turn *t, const cl_db_res *res, cl_buf *out)
     return rc ? -1 : 0;
 }
 
-static void fail(cl_turn *t, cl_err_code code, const char *message)
+/* GENERATING: the conversation is loaded and the user message stored;
+ * start the provider call and tell the sink the ids. */
+static void enter_generating(cl_turn *t, const cl_db_res *res)
 {
-    t->state = TURN_FINISHED;
-    if (t->sink.on_error)
-        t->sink.on_error(t->ud, code, message);
-    turn_free(t);
-}
-
-static void on_loaded(void *ud, const cl_db_res *res)
-{
-    cl_turn *t = ud;
-    t->load = NULL;
-    if (!res->ok) {
-        if (res->unavailable)
-            fail(t, CL_ERR_DB_UNAVAILABLE, "the database is unavailable; try again shortly");
-        else if (strcmp(res->sqlstate, "22P02") == 0)
-            fail(t, CL_ERR_NOT_FOUND, "conversation not found");
-        else {
-            CL_ERROR("loading a conversation failed: %s", res->error);
-            fail(t, CL_ERR_PROCESSING_ERROR, "internal error while loading the conversation");
-        }
-        return;
-    }
-    if (cl_db_rows(res) == 0) {
-        fail(t, CL_ERR_NOT_FOUND, "conversation not found");
-        return;
-    }
+    uv_timer_stop(&t->timer);
     snprintf(t->conversation_id, sizeof t->conversation_id, "%s", cl_db_get(res, 0, 0));
-    t->conv_system_prompt = dup_or_null(cl_db_get(res, 0, 1));
-    t->conv_model = dup_or_null(cl_db_get(res, 0, 2));
+    const char *sp = cl_db_get(res, 0, 1), *model = cl_db_get(res, 0, 2);
+    t->conv_system_prompt = sp ? strdup(sp) : NULL;
+    t->conv_model = model ? strdup(model) : NULL;
     if (!t->params.model && t->conv_model && *t->conv_model)
         t->params.model = t->conv_model;
     cl_buf msgs;
@@ -352,7 +442,6 @@ static void on_loaded(void *ud, const cl_db_res *res)
     }
     if (!t->params.model)
         t->params.model = t->app->w->cfg->model;
-    t->state = TURN_GENERATING;
     t->call = cl_llm_start_messages(t->app->llm, req, cl_buf_cstr(&msgs), t->prompt_chars,
                                     &turn_llm_callbacks, t);
     json_decref(req);
@@ -361,16 +450,48 @@ static void on_loaded(void *ud, const cl_db_res *res)
         fail(t, CL_ERR_PROCESSING_ERROR, "cannot start the model call");
         return;
     }
-    /* The user message is stored with the answer, in one statement, when
-     * the turn ends (complete, error or cancelled): nothing to wait for here. */
     if (t->sink.on_start)
         t->sink.on_start(t->ud, t->conversation_id, t->assistant_msg_id);
 }
 
-/* ---- public ------------------------------------------------------------------------ */
+/* ---- loading ------------------------------------------------------------------------ */
+
+static void on_loaded(void *ud, const cl_db_res *res)
+{
+    cl_turn *t = ud;
+    t->load = NULL;
+    if (!res->ok) {
+        if (res->unavailable)
+            fail(t, CL_ERR_DB_UNAVAILABLE,
+                 res->timed_out ? "the database did not answer within db_query_timeout; try again"
+                                : "the database is unavailable; try again shortly");
+        else if (strcmp(res->sqlstate, "22P02") == 0)
+            fail(t, CL_ERR_NOT_FOUND, "conversation not found");
+        else {
+            CL_ERROR("loading a conversation failed: %s", res->error);
+            fail(t, CL_ERR_PROCESSING_ERROR, "internal error while loading the conversation");
+        }
+        return;
+    }
+    if (cl_db_rows(res) == 0) {
+        fail(t, CL_ERR_NOT_FOUND, "conversation not found");
+        return;
+    }
+    turn_set_state(t, TURN_GENERATING, res);
+}
+
+static void on_load_deadline(uv_timer_t *h)
+{
+    cl_turn *t = h->data;
+    if (t->state == TURN_LOADING)
+        fail(t, CL_ERR_REQUEST_TIMEOUT,
+             "the conversation could not be loaded within request_timeout");
+}
 
 /* The history, oldest first, as the JSON text of a "messages" array (sent
- * upstream as it is: see build_messages), with its count and bytes of text. */
+ * upstream as it is: see build_messages), with its count and bytes of text.
+ * It is read from the statement's snapshot, so the user message stored by
+ * the same statement is not part of it. */
 #define SQL_HISTORY                                                                                \
     " CROSS JOIN LATERAL (SELECT"                                                                  \
     " coalesce(json_agg(json_build_object('role', x.role, 'content', x.content)"                  \
@@ -380,10 +501,17 @@ static void on_loaded(void *ud, const cl_db_res *res)
     "  WHERE conversation_id = c.id AND role IN ('user', 'assistant') AND content <> ''"           \
     "  ORDER BY created_at DESC, id DESC LIMIT $3::int) x) h"
 
+/* The user message, stored by the statement that loads the conversation. */
+#define SQL_STORE_USER_MESSAGE(user, id, content, at)                                              \
+    "um AS (INSERT INTO messages (id, conversation_id, user_id, role, content, status, created_at)" \
+    " SELECT " id "::uuid, c.id, " user "::uuid, 'user', " content ", 'complete', " at             \
+    "::timestamptz FROM c ON CONFLICT (id) DO NOTHING) "
+
 static const char SQL_LOAD_BY_ID[] =
     "WITH c AS (UPDATE conversations SET updated_at = now()"
     " WHERE id = $1::uuid AND user_id = $2::uuid"
-    " RETURNING id, system_prompt, model, agent_id) "
+    " RETURNING id, system_prompt, model, agent_id), "
+    SQL_STORE_USER_MESSAGE("$2", "$4", "$5", "$6")
     "SELECT c.id, coalesce(c.system_prompt, a.system_prompt), coalesce(c.model, a.model),"
     " h.msgs, h.n, h.bytes"
     " FROM c LEFT JOIN agents a ON a.id = c.agent_id AND a.user_id = $2::uuid" SQL_HISTORY;
@@ -392,10 +520,18 @@ static const char SQL_LOAD_BY_SESSION[] =
     "WITH c AS (INSERT INTO conversations (user_id, session_key, title)"
     " VALUES ($1::uuid, $2, left($4, 80))"
     " ON CONFLICT (user_id, session_key) DO UPDATE SET updated_at = now()"
-    " RETURNING id, system_prompt, model, agent_id) "
+    " RETURNING id, system_prompt, model, agent_id), "
+    SQL_STORE_USER_MESSAGE("$1", "$5", "$4", "$6")
     "SELECT c.id, coalesce(c.system_prompt, a.system_prompt), coalesce(c.model, a.model),"
     " h.msgs, h.n, h.bytes"
     " FROM c LEFT JOIN agents a ON a.id = c.agent_id AND a.user_id = $1::uuid" SQL_HISTORY;
+
+/* ---- public ------------------------------------------------------------------------ */
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
 
 cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink *sink, void *ud)
 {
@@ -417,8 +553,10 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
     t->params.model = t->model_override;
     t->params.reasoning_effort = t->effort_override;
     t->params.tools = NULL; /* tools arrive with their issue */
+    uv_timer_init(app->w->loop, &t->timer);
+    t->timer.data = t;
     if (!t->message || cl_uuid_v4(t->user_msg_id) != 0 || cl_uuid_v4(t->assistant_msg_id) != 0) {
-        turn_free(t);
+        uv_close((uv_handle_t *)&t->timer, on_timer_closed);
         return NULL;
     }
     cl_iso_now(t->started_at);
@@ -426,16 +564,19 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
     snprintf(limit, sizeof limit, "%d", app->w->cfg->history_messages);
     if (in->conversation_id) {
         snprintf(t->conversation_id, sizeof t->conversation_id, "%s", in->conversation_id);
-        const char *p[] = {t->conversation_id, t->user_id, limit};
-        t->load = cl_db_exec(app->db, SQL_LOAD_BY_ID, 3, p, 0, on_loaded, t);
+        const char *p[] = {t->conversation_id, t->user_id, limit, t->user_msg_id, t->message,
+                           t->started_at};
+        t->load = cl_db_exec(app->db, SQL_LOAD_BY_ID, 6, p, 0, on_loaded, t);
     } else {
-        const char *p[] = {t->user_id, t->session_key, limit, t->message};
-        t->load = cl_db_exec(app->db, SQL_LOAD_BY_SESSION, 4, p, 0, on_loaded, t);
+        const char *p[] = {t->user_id, t->session_key, limit, t->message, t->user_msg_id,
+                           t->started_at};
+        t->load = cl_db_exec(app->db, SQL_LOAD_BY_SESSION, 6, p, 0, on_loaded, t);
     }
     if (!t->load) {
-        turn_free(t);
+        uv_close((uv_handle_t *)&t->timer, on_timer_closed);
         return NULL;
     }
+    uv_timer_start(&t->timer, on_load_deadline, app->w->cfg->request_timeout_ms, 0);
     return t;
 }
 
@@ -447,32 +588,27 @@ void cl_turn_pause(cl_turn *t, int on)
 
 void cl_turn_cancel(cl_turn *t)
 {
-    if (!t)
+    if (!t || t->state == TURN_FINISHED)
         return;
-    switch (t->state) {
-    case TURN_LOADING:
-        cl_db_cancel(t->load);
-        turn_free(t);
-        return;
-    case TURN_GENERATING: {
-        /* drop the upstream now; keep what streamed, marked cancelled */
+    t->outcome = OUT_NONE;
+    if (t->state == TURN_GENERATING) {
+        /* What the upstream reported so far (or an estimate of it), then
+         * drop it now; keep what streamed, marked cancelled. */
+        cl_llm_usage u;
+        cl_llm_call_usage(t->call, &u);
+        const char *model = cl_llm_call_model(t->call);
+        char model_copy[160];
+        snprintf(model_copy, sizeof model_copy, "%s", model ? model : "");
         cl_llm_cancel(t->call);
         t->call = NULL;
-        t->state = TURN_FINISHED;
-        cl_llm_usage u;
-        usage_or_estimate(t, NULL, &u);
-        store_assistant_message(t, "cancelled", t->params.model ? t->params.model : "", &u, NULL,
-                                NULL, NULL);
-        turn_free(t);
-        return;
+        store_answer(t, "cancelled", model_copy, &u, NULL, NULL, NULL);
     }
-    case TURN_STORING:
-        /* the write goes on (durable); nobody is waiting for it now */
-        cl_db_cancel(t->store);
-        ack_timer_drop(t);
-        turn_free(t);
-        return;
-    case TURN_FINISHED:
-        return;
-    }
+    /* LOADING: the statement may still commit the user message; STORING:
+     * the answer's write goes on (durable). Nobody waits for either. */
+    turn_set_state(t, TURN_FINISHED, NULL);
+}
+
+const char *cl_turn_state_name(const cl_turn *t)
+{
+    return cl_turn__state_name(t->state);
 }
