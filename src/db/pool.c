@@ -587,9 +587,11 @@ static void pc_settle(pconn *pc)
         failed = -2;    /* no statement reported the error: send them all again */
     int retry_failed = failed >= 0 && (qs[failed]->flags & CL_DB_DURABLE) &&
                        transient_failure(rs[failed]);
-    if (failed >= 0 && retry_failed && strcmp(PQresultErrorField(rs[failed], PG_DIAG_SQLSTATE),
-                                               "57014") == 0)
-        note_timeout(db);
+    if (failed >= 0) {
+        const char *ss = PQresultErrorField(rs[failed], PG_DIAG_SQLSTATE);
+        if (ss && strcmp(ss, "57014") == 0)
+            note_timeout(db); /* statement_timeout: the server gave up on it */
+    }
     if (failed == -1) {
         for (int i = 0; i < n; i++) {
             finish(qs[i], rs[i], 0, 0, NULL);
