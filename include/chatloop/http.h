@@ -57,6 +57,7 @@ struct cl_req {
     uint8_t ended;
     uint8_t last_was_value;
     uint8_t body_chunked;           /* the request body came chunked */
+    uint8_t no_deadline;            /* request_timeout no longer applies (cl_req_clear_deadline) */
 
     cl_buf head;                    /* url and header bytes, capped by max_header_bytes */
     uint32_t url_len;               /* url is head.data[0..url_len) */
@@ -127,6 +128,16 @@ int cl_res_write(cl_req *r, const void *data, size_t len);
 /** Writes several pieces as one body chunk (one chunk header for all). */
 int cl_res_writev(cl_req *r, const uv_buf_t *bufs, int n);
 void cl_res_end(cl_req *r);
+
+/**
+ * request_timeout: a dispatched request whose response has not started
+ * within it is answered 504 REQUEST_TIMEOUT, after its on_abort ran (the
+ * handler releases what it holds, as if the client had left). A handler
+ * whose wait is bounded by deadlines of its own — a provider call with its
+ * first-token, idle and total timeouts — calls this to take the request
+ * off that clock; cl_res_start does it too.
+ */
+void cl_req_clear_deadline(cl_req *r);
 
 /** Standard reason phrase. */
 const char *cl_http_reason(int status);

@@ -5,6 +5,7 @@
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -93,8 +94,11 @@ int cl_db_require(cl_req *r)
 void cl_db_error_reply(cl_req *r, const cl_db_res *res, const char *what)
 {
     if (res->unavailable) {
-        cl_api_error(r, CL_ERR_DB_UNAVAILABLE, "the database is unavailable; try again shortly",
-                     NULL, "Retry-After: 1\r\n");
+        /* the pool's own words (down, queue full, out of time): no parameters in them */
+        char msg[200];
+        snprintf(msg, sizeof msg, "%s; try again shortly",
+                 res->error ? res->error : "the database is unavailable");
+        cl_api_error(r, CL_ERR_DB_UNAVAILABLE, msg, NULL, "Retry-After: 1\r\n");
         return;
     }
     CL_ERROR("%s failed: %s", what, res->error ? res->error : "?");

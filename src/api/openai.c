@@ -336,7 +336,10 @@ static void chat_completions(cl_req *r)
         r->on_abort = NULL;
         relay_free(rl);
         openai_error(r, 500, "server_error", "cannot start the completion", NULL, NULL);
+        return;
     }
+    /* first token, idle and total timeouts bound it from here (llm.h) */
+    cl_req_clear_deadline(r);
 }
 
 /* ---- models --------------------------------------------------------------------- */

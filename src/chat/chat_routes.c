@@ -79,6 +79,8 @@ static void on_ping(uv_timer_t *t)
 static void sink_start(void *ud, const char *conversation_id, const char *message_id)
 {
     exchange *x = ud;
+    /* generating: the provider's timeouts bound the turn from here (llm.h) */
+    cl_req_clear_deadline(x->req);
     if (!x->stream)
         return;
     if (cl_res_start(x->req, 200, "text/event-stream",

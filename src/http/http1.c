@@ -278,7 +278,8 @@ static int on_message_complete(llhttp_t *p)
     cl_conn *c = p->data;
     cl_req *r = conn_req(c);
     r->complete = 1;
-    cl_conn_set_timeout(c, 0);
+    /* From here the handler has request_timeout to start its answer. */
+    cl_conn_set_timeout(c, c->w->cfg->request_timeout_ms);
     return HPE_PAUSED; /* one request at a time: see the proceed loop */
 }
 
@@ -479,10 +480,20 @@ void cl_res_send(cl_req *r, int status, const char *content_type, const char *ex
     end_request(r);
 }
 
+void cl_req_clear_deadline(cl_req *r)
+{
+    if (r->no_deadline || r->ended)
+        return;
+    r->no_deadline = 1;
+    if (r->conn->proto_data == r)
+        cl_conn_set_timeout(r->conn, 0);
+}
+
 int cl_res_start(cl_req *r, int status, const char *content_type, const char *extra)
 {
     if (r->started || r->ended || r->conn->closing)
         return -1;
+    cl_req_clear_deadline(r); /* a started stream is bounded by its producer */
     /* HTTP/1.0 has no chunked encoding: the end of the body is the close. */
     int chunked = r->http_minor >= 1;
     if (!chunked)
@@ -837,9 +848,32 @@ static void http1_on_eof(cl_conn *c)
     cl_conn_close_after_write(c);
 }
 
+/* A dispatched request whose handler has not started its answer within
+ * request_timeout: the handler lets go of everything it holds (its
+ * on_abort, as if the client had left), and the client hears 504. */
+static void request_timed_out(cl_req *r)
+{
+    cl_conn *c = r->conn;
+    CL_WARN("conn %s: %s %.*s: no answer within request_timeout (%llums)", c->peer,
+            cl_req_method_name(r), (int)r->path_len, r->head.data ? r->head.data : "",
+            (unsigned long long)c->w->cfg->request_timeout_ms);
+    void (*abort_fn)(cl_req *) = r->on_abort;
+    r->on_abort = NULL;
+    if (abort_fn)
+        abort_fn(r);
+    r->handler_data = NULL;
+    r->keep_alive = 0; /* what the handler might still have read is unknowable */
+    cl_api_error(r, CL_ERR_REQUEST_TIMEOUT, "the request was not answered within request_timeout",
+                 NULL, NULL);
+}
+
 static void http1_on_timeout(cl_conn *c)
 {
     cl_req *r = conn_req(c);
+    if (r && r->dispatched && !r->started && !r->ended && !r->no_deadline) {
+        request_timed_out(r);
+        return;
+    }
     if (!r || r->dispatched) {
         cl_conn_close(c); /* idle keep-alive (or never sent a byte) */
         return;

@@ -13,6 +13,7 @@ import { mockText, startMock } from './lib/mock.mjs';
 import { checkOkEnvelope, stopAll } from './lib/llm.mjs';
 import { startPg } from './lib/pg.mjs';
 import { api, eventually, newUser, openStream, startChatServer } from './lib/chat.mjs';
+import { connect, newSid } from './lib/ws.mjs';
 
 const TOKENS = 20;
 let pg, mock, srv, srv2;
@@ -283,6 +284,104 @@ test('a table locked from psql: turns answer 503 within db_query_timeout + 1 s, 
   const ok = await api(srv.port, 'POST', `/api/v1/conversations/${conv.id}/messages`, { token: u.token, body: { message: 'unlocked' }, timeout: 10000 });
   assert.equal(ok.status, 200, ok.text);
   await eventually(async () => (await health(srv)).status === 200, 8000, '/health 200 again');
+  await srv.stop();
+  srv = null;
+});
+
+/** A client holding an ACCESS EXCLUSIVE lock on `table` until release(). */
+async function lockTable(table) {
+  const c = new pgClient.Client({ connectionString: pg.url });
+  await c.connect();
+  await c.query('BEGIN');
+  await c.query(`LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
+  return {
+    async release() {
+      await c.query('ROLLBACK').catch(() => {});
+      await c.end();
+    },
+  };
+}
+
+test('request_timeout: a request not answered in time gets 504 and lets go; a WebSocket query gets REQUEST_TIMEOUT and frees its session slot', { timeout: 60000 }, async () => {
+  srv = await startChatServer(mock, pg, { spoolDir: newSpoolDir(), requestTimeout: '1s', dbQueryTimeout: '4s', maxWsSessions: 1 });
+  const u = await newUser(srv.port);
+  const conv = checkOkEnvelope(assert, await api(srv.port, 'POST', '/api/v1/conversations', { token: u.token, body: {} }), 201);
+  const h = await connect(srv.port, { token: u.token });
+  const lock = await lockTable('conversations');
+  try {
+    for (const [method, p, body] of [
+      ['GET', '/api/v1/conversations'],
+      ['POST', `/api/v1/conversations/${conv.id}/messages`, { message: 'hi' }],
+      ['POST', `/api/v1/conversations/${conv.id}/messages`, { message: 'hi', stream: true }],
+    ]) {
+      const t0 = Date.now();
+      const r = await api(srv.port, method, p, { token: u.token, body, timeout: 10000 });
+      const took = Date.now() - t0;
+      checkErrorEnvelope(assert, r, 504, 'REQUEST_TIMEOUT');
+      assert.ok(took >= 900 && took < 2500, `${method} ${p}: 504 after ${took} ms (request_timeout 1 s)`);
+    }
+    const sid = newSid('rt');
+    const t0 = Date.now();
+    h.send({ type: 'query', session_id: sid, question: 'stuck?', conversation_id: conv.id });
+    const err = await h.waitFor((x) => x.of(sid).find((m) => m.type === 'error'), 5000, 'the error');
+    assert.equal(err.error.code, 'REQUEST_TIMEOUT');
+    assert.ok(Date.now() - t0 < 2500, `after ${Date.now() - t0} ms`);
+  } finally {
+    await lock.release();
+  }
+  // the slot (max_ws_sessions 1) is free again: a new query runs to the end
+  const sid2 = newSid('rt2');
+  h.send({ type: 'query', session_id: sid2, question: 'now?' });
+  const end = await h.waitFor((x) => x.of(sid2).find((m) => m.type === 'complete' || m.type === 'error'), 10000, 'the second query');
+  assert.equal(end.type, 'complete', JSON.stringify(end));
+  h.terminate();
+  await srv.stop();
+  srv = null;
+});
+
+test('the query queue is bounded (db_queue_max): past it a request fails at once with 503', { timeout: 60000 }, async () => {
+  srv = await startChatServer(mock, pg, { spoolDir: newSpoolDir(), dbQueryTimeout: '3s', dbPoolSize: 1, dbQueueMax: 2 });
+  const u = await newUser(srv.port);
+  const lock = await lockTable('conversations');
+  try {
+    // one running (stuck on the lock), two queued behind it ...
+    const stuck = [0, 1, 2].map(() => api(srv.port, 'GET', '/api/v1/conversations', { token: u.token, timeout: 10000 }));
+    await sleep(300);
+    // ... and the next is refused without waiting
+    const t0 = Date.now();
+    const r = await api(srv.port, 'GET', '/api/v1/usage', { token: u.token });
+    checkErrorEnvelope(assert, r, 503, 'DB_UNAVAILABLE');
+    assert.match(r.j.message, /queue/);
+    assert.ok(Date.now() - t0 < 500, `refused after ${Date.now() - t0} ms`);
+    for (const x of await Promise.all(stuck)) checkErrorEnvelope(assert, x, 503, 'DB_UNAVAILABLE');
+  } finally {
+    await lock.release();
+  }
+  await srv.stop();
+  srv = null;
+});
+
+test('a database that stops answering (backends frozen with SIGSTOP): the client-side deadline gives the connection up', { timeout: 60000 }, async () => {
+  srv = await startChatServer(mock, pg, { spoolDir: newSpoolDir(), dbQueryTimeout: '1s', dbPoolSize: 1 });
+  const u = await newUser(srv.port);
+  const backends = (await rows("SELECT pid FROM pg_stat_activity WHERE application_name = 'chatloop'")).map((x) => x.pid);
+  assert.ok(backends.length >= 1, 'chatloop backends');
+  for (const p of backends) process.kill(p, 'SIGSTOP');
+  try {
+    const t0 = Date.now();
+    const r = await api(srv.port, 'GET', '/api/v1/conversations', { token: u.token, timeout: 10000 });
+    const took = Date.now() - t0;
+    checkErrorEnvelope(assert, r, 503, 'DB_UNAVAILABLE');
+    assert.ok(took < 3500, `answered after ${took} ms (1 s + 1 s grace)`);
+  } finally {
+    for (const p of backends) {
+      try {
+        process.kill(p, 'SIGCONT');
+      } catch {}
+    }
+  }
+  // a new connection serves again
+  await eventually(async () => (await api(srv.port, 'GET', '/api/v1/conversations', { token: u.token })).status === 200, 10000, 'served again');
   await srv.stop();
   srv = null;
 });
