@@ -180,3 +180,16 @@ test('conf/chatloop.conf (what make run reads) loads as it is', async () => {
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /configuration OK/);
 });
+
+test('auth = required with a jwt_secret under 32 bytes refuses to start, naming the key and why', async () => {
+  const secret = 'short-secret-31-bytes-long-xxxx';
+  assert.equal(secret.length, 31);
+  const r = await refused(['--auth', 'required', '--jwt-secret', secret], 'jwt_secret', 'at least 32', 'brute force');
+  assert.ok(!r.stderr.includes(secret), 'the secret itself is never printed');
+  // the same through the environment
+  const port = await freePort();
+  const env = await runCli(['--config', empty, '--listen', `${HOST}:${port}`, '--auth', 'required'],
+    { env: { ...cleanEnv, CHATLOOP_JWT_SECRET: 'x' } });
+  assert.notEqual(env.code, 0);
+  assert.match(env.stderr, /jwt_secret is 1 bytes/);
+});
