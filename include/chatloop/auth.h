@@ -53,6 +53,12 @@ cl_password_job *cl_password_verify(uv_loop_t *loop, const char *password, const
  *  its thread; its memory is released then). */
 void cl_password_cancel(cl_password_job *job);
 
+/** Jobs of this process queued or running on the threadpool, cancelled
+ *  ones included until their KDF has stopped: what a bound on the queue
+ *  (kdf_queue_max) counts. The pool's threads run at nice 10, below the
+ *  event loop. */
+unsigned cl_password_jobs(void);
+
 /** Synchronous versions, for tests and startup only (never on the loop).
  *  hash: 0 or -1 (iterations outside 1000..100000000, no randomness);
  *  verify: 1 match, 0 otherwise. */

@@ -92,6 +92,7 @@ typedef struct cl_config {
     char *jwt_secret;               /* secret */
     uint64_t jwt_ttl_ms;
     int kdf_iterations;             /* PBKDF2-SHA256 iterations for new hashes */
+    int kdf_queue_max;              /* per worker: KDF jobs queued or running; past it 503 */
     int rate_limit_per_minute;
     char *cors_origins;             /* comma-separated allowlist, "" = none, "*" = any */
 

@@ -153,6 +153,8 @@ static const key_desc keys[] = {
     K_DUR(jwt_ttl, "24h", "session token lifetime"),
     K_INT(kdf_iterations, "600000", 1000, 100000000,
           "PBKDF2-SHA256 iterations for new password hashes"),
+    K_INT(kdf_queue_max, "32", 1, 100000,
+          "password hashings (register, login) queued or running per worker; past it 503 at once"),
     K_INT_NOT_YET(rate_limit_per_minute, "0", 0, 1000000, "requests per minute per client; 0 is off",
                   "rate limits arrive in a later release"),
     K_STR_NOT_YET(cors_origins, "", "comma-separated allowed origins; empty is none, * is any",
