@@ -401,28 +401,28 @@ static void test_handshake_errors(void)
     struct {
         const char *req, *status, *needle;
     } cases[] = {
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
          "HTTP/1.1 400 ", "Sec-WebSocket-Version"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
          "HTTP/1.1 426 ", "\r\nSec-WebSocket-Version: 13\r\n"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Sec-WebSocket-Key is missing"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Sec-WebSocket-Key must be 16 bytes"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!==\r\nSec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Sec-WebSocket-Key must be 16 bytes"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Upgrade must be"},
-        {"GET /ws HTTP/1.1\r\nConnection: close\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Upgrade must be"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: close\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: close\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Connection must include"},
         {"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -443,7 +443,7 @@ static void test_handshake_errors(void)
     reset_events();
     cl_conn *c = cl_conn_new(g_w);
     cl_http1_attach(c);
-    const char *ff = "GET /ws HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n"
+    const char *ff = "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n"
                      "Sec-WebSocket-Key:  dGhlIHNhbXBsZSBub25jZQ== \r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n";
     c->proto->on_data(c, ff, strlen(ff));
@@ -1196,7 +1196,7 @@ static void test_upgrade_refused_by_plain_route(void)
 {
     setup();
     cl_router_add(g_w->router, "GET", "/plain", route_plain);
-    const char *req = "GET /plain HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    const char *req = "GET /plain HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     for (int same_read = 0; same_read < 2; same_read++) {
         cl_conn *c = cl_conn_new(g_w);
         cl_http1_attach(c);
@@ -1207,7 +1207,7 @@ static void test_upgrade_refused_by_plain_route(void)
             cl_buf_append_str(&b, "\x81\x85garbage");
         c->proto->on_data(c, b.data, b.len);
         if (!c->closing)
-            c->proto->on_data(c, "GET / HTTP/1.1\r\n\r\n", 18);
+            c->proto->on_data(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 18);
         CHECK(c->out.len > 17 && memcmp(c->out.data, "HTTP/1.1 200 OK\r\n", 17) == 0);
         CHECK(c->closing || c->close_after_write);
         CHECK(!cl_ws_is_ws_proto(c));
