@@ -135,11 +135,22 @@ static int load_config(int argc, char **argv, cl_config *cfg, cli *o)
 /* ---- supervisor ------------------------------------------------------------- */
 
 typedef struct worker_slot {
-    pid_t pid;
+    pid_t pid;                  /* 0 = not running */
     long long started_ms;
     long long restart_at_ms;    /* 0 = not waiting to restart */
     int crashes;                /* consecutive quick deaths */
 } worker_slot;
+
+typedef struct supervisor {
+    const cl_config *cfg;
+    int n;
+    cl_metrics_slot *slots;
+    sigset_t oldmask;           /* the mask sigsuspend waits with */
+    int alive;                  /* workers running */
+    long long deadline;         /* stopping: when stragglers get SIGKILL; 0 = serving */
+    int exit_code;
+    worker_slot ws[MAX_WORKERS];
+} supervisor;
 
 static volatile sig_atomic_t g_got_term, g_got_chld;
 
@@ -175,23 +186,166 @@ static pid_t spawn_worker(const cl_config *cfg, int id, cl_metrics_slot *slots, 
     exit(rc);
 }
 
-static int supervise(const cl_config *cfg)
+static void sv_start_worker(supervisor *sv, int i)
 {
-    int n = cfg->workers;
-    cl_metrics_slot *slots = cl_metrics_map(n);
-    if (!slots) {
-        CL_ERROR("cannot map shared metrics: %s", strerror(errno));
-        return 1;
+    worker_slot *w = &sv->ws[i];
+    w->restart_at_ms = 0;
+    w->pid = spawn_worker(sv->cfg, i, sv->slots, &sv->oldmask);
+    w->started_ms = now_ms();
+    if (w->pid > 0) {
+        sv->alive++;
+    } else {
+        CL_ERROR("cannot fork worker %d: %s; retrying in 1s", i, strerror(errno));
+        w->pid = 0;
+        w->restart_at_ms = now_ms() + 1000;
     }
-    worker_slot ws[MAX_WORKERS];
-    memset(ws, 0, sizeof ws);
+}
 
-    sigset_t block, oldmask;
+/* Workers waiting for their backoff to end. While any is, the supervisor
+ * keeps running even with no worker alive: a crash loop is retried
+ * forever, never mistaken for the end of the program. */
+static int sv_restart_pending(const supervisor *sv)
+{
+    for (int i = 0; i < sv->n; i++)
+        if (sv->ws[i].restart_at_ms)
+            return 1;
+    return 0;
+}
+
+/* The next moment something is due (a restart, the drain deadline), 0 = none. */
+static long long sv_next_wake(const supervisor *sv)
+{
+    long long wake = sv->deadline;
+    for (int i = 0; i < sv->n; i++) {
+        long long at = sv->ws[i].restart_at_ms;
+        if (at && (!wake || at < wake))
+            wake = at;
+    }
+    return wake;
+}
+
+/* Sleeps until a signal arrives or the next wake time passes. The signals
+ * are blocked outside sigsuspend, so none is missed between the check of
+ * the flags and the wait. */
+static void sv_wait(supervisor *sv)
+{
+    if (g_got_term || g_got_chld)
+        return;
+    long long wake = sv_next_wake(sv);
+    if (!wake) {
+        sigsuspend(&sv->oldmask);
+        return;
+    }
+    long long ms = wake - now_ms();
+    if (ms <= 0)
+        return;
+    struct itimerval it = {{0, 0}, {ms / 1000, (ms % 1000) * 1000}};
+    signal(SIGALRM, on_chld); /* any signal wakes sigsuspend */
+    setitimer(ITIMER_REAL, &it, NULL);
+    sigsuspend(&sv->oldmask);
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+}
+
+/* Stops every worker: no more restarts; those still alive get SIGTERM
+ * and drain_timeout (+2 s of grace) before SIGKILL. */
+static void sv_begin_stop(supervisor *sv, const char *why)
+{
+    CL_INFO("%s: stopping workers (drain up to %llums)", why,
+            (unsigned long long)sv->cfg->drain_timeout_ms);
+    for (int i = 0; i < sv->n; i++) {
+        sv->ws[i].restart_at_ms = 0;
+        if (sv->ws[i].pid > 0)
+            kill(sv->ws[i].pid, SIGTERM);
+    }
+    sv->deadline = now_ms() + (long long)sv->cfg->drain_timeout_ms + 2000;
+}
+
+/* Doubling from 200 ms for each death within STABLE_MS of its start, capped
+ * at MAX_BACKOFF_MS; a worker that ran stably is restarted at once. */
+static long long restart_backoff_ms(int crashes)
+{
+    if (crashes <= 0)
+        return 0;
+    long long ms = 100LL << (crashes < 6 ? crashes : 6);
+    return ms > MAX_BACKOFF_MS ? MAX_BACKOFF_MS : ms;
+}
+
+/* Worker i (pid) ended with `status` while serving: schedule its restart,
+ * unless it said it can never start (EXIT_FATAL), which stops everything. */
+static void sv_worker_died(supervisor *sv, int i, pid_t pid, int status)
+{
+    worker_slot *w = &sv->ws[i];
+    if (WIFEXITED(status) && WEXITSTATUS(status) == EXIT_FATAL) {
+        CL_ERROR("worker %d could not start; stopping", i);
+        sv->exit_code = 1;
+        sv_begin_stop(sv, "a worker cannot start");
+        return;
+    }
+    char how[64];
+    if (WIFSIGNALED(status))
+        snprintf(how, sizeof how, "killed by signal %d", WTERMSIG(status));
+    else
+        snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
+    w->crashes = now_ms() - w->started_ms < STABLE_MS ? w->crashes + 1 : 0;
+    long long backoff = restart_backoff_ms(w->crashes);
+    CL_WARN("worker %d (pid %d) %s; restarting in %lldms", i, (int)pid, how, backoff);
+    cl_metrics_reset_gauges(&sv->slots[i]);
+    cl_metric_add(&sv->slots[i].worker_restarts, 1);
+    w->restart_at_ms = now_ms() + backoff; /* never 0: the clock started long ago */
+}
+
+static void sv_reap(supervisor *sv)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < sv->n; i++) {
+            if (sv->ws[i].pid != pid)
+                continue;
+            sv->ws[i].pid = 0;
+            sv->alive--;
+            if (!sv->deadline) /* when stopping, every exit is expected */
+                sv_worker_died(sv, i, pid, status);
+            break;
+        }
+    }
+}
+
+static void sv_kill_stragglers(supervisor *sv)
+{
+    for (int i = 0; i < sv->n; i++)
+        if (sv->ws[i].pid > 0) {
+            CL_WARN("worker %d did not stop in time; killing it", i);
+            kill(sv->ws[i].pid, SIGKILL);
+        }
+    sv->deadline = now_ms() + 60000; /* SIGKILL cannot be refused: just reap */
+}
+
+static void sv_restart_due(supervisor *sv)
+{
+    long long now = now_ms();
+    for (int i = 0; i < sv->n; i++)
+        if (sv->ws[i].restart_at_ms && sv->ws[i].restart_at_ms <= now)
+            sv_start_worker(sv, i);
+}
+
+static int sv_setup(supervisor *sv, const cl_config *cfg)
+{
+    memset(sv, 0, sizeof *sv);
+    sv->cfg = cfg;
+    sv->n = cfg->workers;
+    sv->slots = cl_metrics_map(sv->n);
+    if (!sv->slots) {
+        CL_ERROR("cannot map shared metrics: %s", strerror(errno));
+        return -1;
+    }
+    sigset_t block;
     sigemptyset(&block);
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGINT);
     sigaddset(&block, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &block, &oldmask);
+    sigprocmask(SIG_BLOCK, &block, &sv->oldmask);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_term;
@@ -200,112 +354,38 @@ static int supervise(const cl_config *cfg)
     sa.sa_handler = on_chld;
     sigaction(SIGCHLD, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
 
-    for (int i = 0; i < n; i++) {
-        ws[i].pid = spawn_worker(cfg, i, slots, &oldmask);
-        ws[i].started_ms = now_ms();
-    }
-    CL_INFO("chatloop %s serving on http://%s with %d worker%s", CL_VERSION, cfg->listen, n,
-            n == 1 ? "" : "s");
+/*
+ * Runs until the workers are stopped. Exit code 0 after SIGTERM/SIGINT
+ * drained them; 1 when a worker reported it cannot start (EXIT_FATAL).
+ * Any other death is a crash, restarted with backoff for as long as it
+ * takes.
+ */
+static int supervise(const cl_config *cfg)
+{
+    supervisor sv;
+    if (sv_setup(&sv, cfg) != 0)
+        return 1;
+    for (int i = 0; i < sv.n; i++)
+        sv_start_worker(&sv, i);
+    CL_INFO("chatloop %s serving on http://%s with %d worker%s", CL_VERSION, cfg->listen, sv.n,
+            sv.n == 1 ? "" : "s");
 
-    int exit_code = 0;
-    long long deadline = 0;     /* after SIGTERM: when stragglers get SIGKILL */
-    int alive = n;
-    while (alive > 0) {
-        /* Wait for a signal, or for the next pending restart. */
-        long long wake = 0;
-        for (int i = 0; i < n; i++)
-            if (ws[i].restart_at_ms && (!wake || ws[i].restart_at_ms < wake))
-                wake = ws[i].restart_at_ms;
-        if (deadline && (!wake || deadline < wake))
-            wake = deadline;
-        if (!g_got_term && !g_got_chld) {
-            if (wake) {
-                long long ms = wake - now_ms();
-                if (ms > 0) {
-                    struct itimerval it = {{0, 0}, {ms / 1000, (ms % 1000) * 1000}};
-                    signal(SIGALRM, on_chld); /* any signal wakes sigsuspend */
-                    setitimer(ITIMER_REAL, &it, NULL);
-                    sigsuspend(&oldmask);
-                    struct itimerval off = {{0, 0}, {0, 0}};
-                    setitimer(ITIMER_REAL, &off, NULL);
-                }
-            } else {
-                sigsuspend(&oldmask);
-            }
-        }
-        if (g_got_term && !deadline) {
-            CL_INFO("%s: stopping workers (drain up to %llums)",
-                    g_got_term == SIGINT ? "SIGINT" : "SIGTERM",
-                    (unsigned long long)cfg->drain_timeout_ms);
-            for (int i = 0; i < n; i++) {
-                ws[i].restart_at_ms = 0;
-                if (ws[i].pid > 0)
-                    kill(ws[i].pid, SIGTERM);
-            }
-            deadline = now_ms() + (long long)cfg->drain_timeout_ms + 2000;
-        }
+    while (sv.alive > 0 || (!sv.deadline && sv_restart_pending(&sv))) {
+        sv_wait(&sv);
+        if (g_got_term && !sv.deadline)
+            sv_begin_stop(&sv, g_got_term == SIGINT ? "SIGINT" : "SIGTERM");
         g_got_chld = 0;
-        int status;
-        pid_t pid;
-        while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-            for (int i = 0; i < n; i++) {
-                if (ws[i].pid != pid)
-                    continue;
-                ws[i].pid = 0;
-                alive--;
-                if (deadline)
-                    break; /* shutting down: expected */
-                if (WIFEXITED(status) && WEXITSTATUS(status) == EXIT_FATAL) {
-                    CL_ERROR("worker %d could not start; stopping", i);
-                    exit_code = 1;
-                    g_got_term = SIGTERM;
-                    break;
-                }
-                char how[64];
-                if (WIFSIGNALED(status))
-                    snprintf(how, sizeof how, "killed by signal %d", WTERMSIG(status));
-                else
-                    snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
-                long long lived = now_ms() - ws[i].started_ms;
-                ws[i].crashes = lived < STABLE_MS ? ws[i].crashes + 1 : 0;
-                long long backoff = ws[i].crashes ? 100LL << (ws[i].crashes < 6 ? ws[i].crashes : 6) : 0;
-                if (backoff > MAX_BACKOFF_MS)
-                    backoff = MAX_BACKOFF_MS;
-                CL_WARN("worker %d (pid %d) %s; restarting in %lldms", i, (int)pid, how, backoff);
-                cl_metrics_reset_gauges(&slots[i]);
-                cl_metric_add(&slots[i].worker_restarts, 1);
-                ws[i].restart_at_ms = now_ms() + backoff;
-                if (!ws[i].restart_at_ms)
-                    ws[i].restart_at_ms = 1;
-                break;
-            }
-        }
-        if (deadline && now_ms() >= deadline) {
-            for (int i = 0; i < n; i++)
-                if (ws[i].pid > 0) {
-                    CL_WARN("worker %d did not stop in time; killing it", i);
-                    kill(ws[i].pid, SIGKILL);
-                }
-            deadline = now_ms() + 60000; /* SIGKILL cannot be refused: just reap */
-        }
-        if (deadline)
-            continue;
-        long long now = now_ms();
-        for (int i = 0; i < n; i++) {
-            if (ws[i].restart_at_ms && ws[i].restart_at_ms <= now) {
-                ws[i].restart_at_ms = 0;
-                ws[i].pid = spawn_worker(cfg, i, slots, &oldmask);
-                ws[i].started_ms = now_ms();
-                if (ws[i].pid > 0)
-                    alive++;
-                else
-                    ws[i].restart_at_ms = now + 1000;
-            }
-        }
+        sv_reap(&sv);
+        if (sv.deadline && now_ms() >= sv.deadline)
+            sv_kill_stragglers(&sv);
+        if (!sv.deadline)
+            sv_restart_due(&sv);
     }
     CL_INFO("chatloop stopped");
-    return exit_code;
+    return sv.exit_code;
 }
 
 int main(int argc, char **argv)

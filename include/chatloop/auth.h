@@ -10,7 +10,9 @@
  *
  * Tokens: JWT HS256 signed with jwt_secret (mbedTLS HMAC). Verification
  * refuses any header alg but "HS256" (so "none" and RS256 confusion fail),
- * compares signatures in constant time, and checks exp (and nbf if present).
+ * compares signatures in constant time, and checks exp, nbf and iat.
+ * jwt_secret must be at least CL_JWT_MIN_SECRET_LEN bytes (startup refuses
+ * a shorter one with auth = required).
  *
  * Nothing here logs; callers never log passwords, hashes or tokens.
  */
@@ -51,6 +53,12 @@ cl_password_job *cl_password_verify(uv_loop_t *loop, const char *password, const
  *  its thread; its memory is released then). */
 void cl_password_cancel(cl_password_job *job);
 
+/** Jobs of this process queued or running on the threadpool, cancelled
+ *  ones included until their KDF has stopped: what a bound on the queue
+ *  (kdf_queue_max) counts. The pool's threads run at nice 10, below the
+ *  event loop. */
+unsigned cl_password_jobs(void);
+
 /** Synchronous versions, for tests and startup only (never on the loop).
  *  hash: 0 or -1 (iterations outside 1000..100000000, no randomness);
  *  verify: 1 match, 0 otherwise. */
@@ -62,13 +70,25 @@ int cl_password_verify_sync(const char *password, const char *encoded);
 /** Longer tokens are refused as CL_JWT_MALFORMED before any decoding. */
 #define CL_JWT_MAX_LEN 8192
 
+/** The shortest jwt_secret accepted: 32 bytes, HS256's own key size. Anyone
+ *  holding one token can try secrets offline as fast as they can compute
+ *  HMACs, so a short or guessable secret lets them mint tokens for any
+ *  user. (A generated secret is 32 random bytes written as 64 hex chars.) */
+#define CL_JWT_MIN_SECRET_LEN 32
+
+/** How far in the future a token's iat may lie: clock skew between the
+ *  instances that sign and verify, not tokens minted for later. */
+#define CL_JWT_IAT_LEEWAY_S 60
+
 typedef enum {
     CL_JWT_OK = 0,
-    CL_JWT_MALFORMED,       /* not three base64url parts of JSON */
+    CL_JWT_MALFORMED,       /* not three base64url parts of JSON; exp, nbf or iat not an integer */
     CL_JWT_BAD_ALG,         /* header alg is not HS256 (including "none") */
     CL_JWT_BAD_SIGNATURE,
-    CL_JWT_EXPIRED,         /* exp <= now (or nbf > now) */
+    CL_JWT_EXPIRED,         /* exp <= now */
     CL_JWT_NO_SUBJECT,      /* no string "sub" claim */
+    CL_JWT_NOT_YET_VALID,   /* nbf > now */
+    CL_JWT_ISSUED_IN_FUTURE, /* iat > now + CL_JWT_IAT_LEEWAY_S */
 } cl_jwt_status;
 
 /**
@@ -85,7 +105,8 @@ char *cl_jwt_sign(const char *secret, size_t secret_len, const char *subject, in
  * `subject` and `exp` may be NULL. A subject that does not fit is
  * CL_JWT_MALFORMED (never truncated). Checks, in order: shape and base64url
  * (MALFORMED), header alg (BAD_ALG), signature (BAD_SIGNATURE), integer exp
- * (missing: MALFORMED) and nbf, then sub.
+ * (missing: MALFORMED; EXPIRED), nbf if present (NOT_YET_VALID, no leeway:
+ * chatloop never sets it), iat if present (ISSUED_IN_FUTURE), then sub.
  */
 cl_jwt_status cl_jwt_verify(const char *secret, size_t secret_len, const char *token, size_t len,
                             int64_t now, char *subject, size_t subject_len, int64_t *exp);

@@ -13,6 +13,11 @@
  * seconds, and are stored in milliseconds. Sizes are written "16KiB", "10MiB",
  * "1GiB", "512KB" (KB=1000) or a bare integer meaning bytes.
  *
+ * Keys whose feature has not landed yet (tls_cert, tls_key, retrieval_timeout,
+ * rate_limit_per_minute, cors_origins) are known but refuse any value other
+ * than their inactive default, naming the key: nothing is accepted and
+ * ignored (cl_config_key_not_yet).
+ *
  * Ownership: cl_config owns every string it holds; cl_config_free releases
  * them. Nothing here is thread-safe; it is built once at startup, before fork.
  */
@@ -91,6 +96,7 @@ typedef struct cl_config {
     char *jwt_secret;               /* secret */
     uint64_t jwt_ttl_ms;
     int kdf_iterations;             /* PBKDF2-SHA256 iterations for new hashes */
+    int kdf_queue_max;              /* per worker: KDF jobs queued or running; past it 503 */
     int rate_limit_per_minute;
     char *cors_origins;             /* comma-separated allowlist, "" = none, "*" = any */
 
@@ -164,5 +170,8 @@ size_t cl_config_key_count(void);
 const char *cl_config_key_name(size_t i);
 const char *cl_config_key_default(size_t i);
 const char *cl_config_key_doc(size_t i);
+/** Why key i is not supported yet ("TLS arrives in a later release"), or
+ *  NULL when it is. Such a key refuses any value but its default. */
+const char *cl_config_key_not_yet(size_t i);
 
 #endif

@@ -13,6 +13,11 @@
  * Emails are stored as given and matched case-insensitively (the unique
  * index is on lower(email)), so "A@x.io" and "a@x.io" are one account.
  *
+ * The KDF queue is bounded: at most kdf_queue_max register/login ops per
+ * worker hold a place from admission until their KDF job ends; past that
+ * they answer 503 SERVICE_UNAVAILABLE (Retry-After) before any database
+ * work, so a flood of logins cannot make every login wait behind it.
+ *
  * Passwords and tokens are never logged. The op's copy of a login password
  * is wiped when the op is freed; the hashing jobs wipe their own copies.
  */
@@ -36,6 +41,7 @@
 
 typedef struct auth_op {
     cl_req *req;
+    int kdf_admitted;           /* holds a place in g_kdf_waiting (see kdf_admit) */
     cl_password_job *job;       /* the pending KDF step, or NULL */
     cl_db_query *q;             /* the pending query, or NULL */
     char *password;             /* login only: kept for the verify step; wiped */
@@ -44,10 +50,41 @@ typedef struct auth_op {
     char user_id[37];
 } auth_op;
 
+/* Ops admitted whose KDF job does not exist yet (the SELECT of a login is
+ * still running): they count against kdf_queue_max with the jobs alive
+ * (cl_password_jobs), or a burst would all pass the check before any job
+ * was queued. File scope: a worker is a process with one loop, and an op
+ * may end after the worker's app state is gone. */
+static unsigned g_kdf_waiting;
+
+/* Admits the op into the KDF queue, or answers 503 and returns 0. */
+static int kdf_admit(cl_req *r)
+{
+    const cl_config *cfg = r->conn->w->cfg;
+    if (g_kdf_waiting + cl_password_jobs() >= (unsigned)cfg->kdf_queue_max) {
+        cl_api_error(r, CL_ERR_SERVICE_UNAVAILABLE,
+                     "too many logins and registrations in progress; try again shortly", NULL,
+                     "Retry-After: 1\r\n");
+        return 0;
+    }
+    return 1;
+}
+
+/* The op's place passes to its job once queued (the job counts itself
+ * until its KDF has stopped), or is given back when the op ends first. */
+static void kdf_release(auth_op *op)
+{
+    if (op->kdf_admitted) {
+        op->kdf_admitted = 0;
+        g_kdf_waiting--;
+    }
+}
+
 static void op_free(auth_op *op)
 {
     if (!op)
         return;
+    kdf_release(op);
     if (op->password) {
         explicit_bzero(op->password, op->password_len);
         free(op->password);
@@ -153,6 +190,8 @@ static auth_op *op_new(cl_req *r, const char *email)
         return NULL;
     }
     op->req = r;
+    op->kdf_admitted = 1; /* the caller ran kdf_admit just before */
+    g_kdf_waiting++;
     snprintf(op->email, sizeof op->email, "%s", email);   /* length checked: fits */
     r->handler_data = op;
     r->on_abort = op_abort;
@@ -224,7 +263,7 @@ static void auth_register(cl_req *r)
         return;
     /* Checked before hashing: no point burning a KDF run on a write that
      * cannot happen. */
-    if (!cl_db_require(r)) {
+    if (!cl_db_require(r) || !kdf_admit(r)) {
         json_decref(body);
         return;
     }
@@ -242,6 +281,7 @@ static void auth_register(cl_req *r)
     cl_app *app = cl_app_current();
     op->job = cl_password_hash(app->w->loop, password, (uint32_t)app->w->cfg->kdf_iterations,
                                register_hashed, op);
+    kdf_release(op);
     json_decref(body);
     if (!op->job)
         cl_api_error(op_finish(op), CL_ERR_PROCESSING_ERROR, "could not start hashing", NULL,
@@ -329,6 +369,7 @@ static void login_found(void *ud, const cl_db_res *res)
     }
     op->job = cl_password_verify(cl_app_current()->w->loop, op->password, stored, login_verified,
                                  op);
+    kdf_release(op);
     /* The job has its own copy now. */
     explicit_bzero(op->password, op->password_len);
     if (!op->job)
@@ -342,7 +383,8 @@ static void auth_login(cl_req *r)
     json_t *body = read_credentials(r, 0, &email, &password);
     if (!body)
         return;
-    if (!cl_db_require(r)) {
+    /* Admitted before the SELECT: a refused login costs no database work. */
+    if (!cl_db_require(r) || !kdf_admit(r)) {
         json_decref(body);
         return;
     }

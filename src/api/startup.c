@@ -37,9 +37,26 @@ static int ensure_local_user(const char *url, char *err, size_t errlen)
     return ok ? 0 : -1;
 }
 
+/* A short HS256 secret can be found offline from any one token (an HMAC
+ * per guess, nothing to rate-limit), and with it tokens for every user.
+ * With auth = off no token is ever checked, so any secret will do. */
+static int check_jwt_secret(const cl_config *cfg)
+{
+    size_t n = strlen(cfg->jwt_secret);
+    if (cfg->auth != CL_AUTH_REQUIRED || n >= CL_JWT_MIN_SECRET_LEN)
+        return 0;
+    CL_ERROR("configuration error: jwt_secret is %zu bytes; with auth = required it must be at "
+             "least %d (a short HS256 secret falls to an offline brute force of any one token). "
+             "Use e.g. `openssl rand -hex 32`, or leave it unset for a random one per start",
+             n, CL_JWT_MIN_SECRET_LEN);
+    return -1;
+}
+
 int cl_app_prepare(cl_config *cfg)
 {
     char err[512];
+    if (cfg->jwt_secret[0] && check_jwt_secret(cfg) != 0)
+        return -1;
     if (cfg->jwt_secret[0] == '\0') {
         unsigned char raw[32];
         char hex[65];

@@ -224,12 +224,24 @@ cl_jwt_status cl_jwt_verify(const char *secret, size_t secret_len, const char *t
         st = CL_JWT_EXPIRED;
         goto out;
     }
+    /* nbf and iat are optional, but one that is present must be an integer
+     * and must hold: a token cannot be accepted before its time. */
     json_t *nbf = json_object_get(claims, "nbf");
     if (nbf) {
         if (!json_is_integer(nbf))
             goto out;
         if (json_integer_value(nbf) > now) {
-            st = CL_JWT_EXPIRED;
+            st = CL_JWT_NOT_YET_VALID;
+            goto out;
+        }
+    }
+    json_t *iat = json_object_get(claims, "iat");
+    if (iat) {
+        if (!json_is_integer(iat))
+            goto out;
+        /* now + leeway cannot overflow for any clock this side of 2^62 */
+        if (json_integer_value(iat) > now + CL_JWT_IAT_LEEWAY_S) {
+            st = CL_JWT_ISSUED_IN_FUTURE;
             goto out;
         }
     }
@@ -266,6 +278,8 @@ const char *cl_jwt_status_text(cl_jwt_status s)
     case CL_JWT_BAD_SIGNATURE: return "invalid token signature";
     case CL_JWT_EXPIRED:       return "token expired";
     case CL_JWT_NO_SUBJECT:    return "token has no subject";
+    case CL_JWT_NOT_YET_VALID: return "token not valid yet";
+    case CL_JWT_ISSUED_IN_FUTURE: return "token issued in the future";
     }
     return "invalid token";
 }

@@ -13,6 +13,13 @@
  * touches only the job's own fields; cancellation is a flag that work_cb may
  * read (atomic) and after_cb honours, plus uv_cancel for a job that has not
  * started yet.
+ *
+ * The libuv threadpool runs nothing but these jobs in chatloop (no uv_fs_*,
+ * no uv_getaddrinfo: curl resolves on its own), so two things about the
+ * pool are decided here. Its threads compute at a lower priority (nice 10)
+ * than the event loops, so a flood of logins cannot take the CPU from a
+ * loop serving everything else. And the jobs alive are counted
+ * (cl_password_jobs), so callers can bound the queue (kdf_queue_max).
  */
 #include "chatloop/auth.h"
 #include "auth_internal.h"
@@ -21,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <mbedtls/base64.h>
 #include <mbedtls/md.h>
@@ -193,6 +202,31 @@ struct cl_password_job {
     void *ud;
 };
 
+/* Jobs queued or running: counted from uv_queue_work to after_cb. Jobs
+ * are created and freed on a loop thread; atomic all the same, since the
+ * pool (and so the count) is one per process whatever the loops. */
+static atomic_uint g_jobs;
+
+unsigned cl_password_jobs(void)
+{
+    return atomic_load(&g_jobs);
+}
+
+/* Pool thread, once: nice 10 for this thread only (on Linux setpriority
+ * with a thread id changes just that thread). An unprivileged process may
+ * always lower its own priority; should it fail, the KDF simply runs at the
+ * loop's priority, so the result is not checked. */
+static void lower_thread_priority(void)
+{
+#ifdef __linux__
+    static _Thread_local int lowered;
+    if (!lowered) {
+        lowered = 1;
+        (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
+    }
+#endif
+}
+
 static void job_free(cl_password_job *job)
 {
     if (!job)
@@ -208,6 +242,7 @@ static void job_free(cl_password_job *job)
 static void work_cb(uv_work_t *w)
 {
     cl_password_job *job = w->data;
+    lower_thread_priority();
     if (atomic_load(&job->cancelled)) {
         job->result = job->kind == JOB_HASH ? -1 : 0;
     } else if (job->kind == JOB_HASH) {
@@ -231,6 +266,7 @@ static void after_cb(uv_work_t *w, int status)
         else
             job->verify_done(job->ud, status == 0 && job->result == 1);
     }
+    atomic_fetch_sub(&g_jobs, 1);
     job_free(job);
 }
 
@@ -259,6 +295,7 @@ static cl_password_job *job_queue(uv_loop_t *loop, cl_password_job *job)
         job_free(job);
         return NULL;
     }
+    atomic_fetch_add(&g_jobs, 1);
     return job;
 }
 

@@ -153,11 +153,62 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* Length of the "http://authority" prefix of an absolute-form target
+ * (RFC 9112 §3.2.2), 0 for any other form. */
+static size_t absolute_form_prefix(const char *u, size_t len)
+{
+    size_t skip = len >= 7 && strncasecmp(u, "http://", 7) == 0    ? 7
+                  : len >= 8 && strncasecmp(u, "https://", 8) == 0 ? 8
+                                                                   : 0;
+    if (!skip)
+        return 0;
+    while (skip < len && u[skip] != '/' && u[skip] != '?')
+        skip++;
+    return skip;
+}
+
+/* A server must accept the absolute form (what a client sends to a proxy,
+ * and some send to us directly) and route on its path. The head holds only
+ * the target so far, so it is turned into the origin form in place and
+ * everything after (routing, logs, query) sees "/path?query". */
+static void to_origin_form(cl_req *r)
+{
+    size_t cut = absolute_form_prefix(r->head.data, r->url_len);
+    if (!cut)
+        return;
+    char *u = r->head.data;
+    if (cut == r->url_len || u[cut] == '?')
+        u[--cut] = '/'; /* "http://h" and "http://h?q" mean "/" and "/?q" */
+    memmove(u, u + cut, r->url_len - cut);
+    r->url_len -= (uint32_t)cut;
+    r->head.len -= cut;
+}
+
 static int on_url_complete(llhttp_t *p)
 {
     cl_req *r = conn_req(p->data);
+    /* llhttp reaches here with version 0.9 already set only for a request
+     * line without a version (HTTP/0.9, "GET /\r\n"); it would then wait
+     * for headers that such a client never sends. */
+    if (p->http_major == 0 && p->http_minor == 9)
+        return refuse(r, 400, CL_ERR_INVALID_REQUEST,
+                      "request line without an HTTP version (HTTP/0.9 is not supported)");
+    to_origin_form(r);
     const char *q = r->url_len ? memchr(r->head.data, '?', r->url_len) : NULL;
     r->path_len = q ? (uint32_t)(q - r->head.data) : r->url_len;
+    return 0;
+}
+
+/* llhttp checks versions itself only when not lenient (LENIENT_VERSION,
+ * set in cl_http1_attach), and then says 400 to HTTP/2.0's neighbours but
+ * passes 2.0 through. Decided here instead: any 1.x is spoken as 1.1 (RFC
+ * 9110 §2.5), any other major version gets 505. */
+static int on_version_complete(llhttp_t *p)
+{
+    cl_req *r = conn_req(p->data);
+    if (p->http_major != 1)
+        return refuse(r, 505, CL_ERR_INVALID_REQUEST,
+                      "HTTP version not supported: this server speaks HTTP/1.0 and HTTP/1.1");
     return 0;
 }
 
@@ -235,15 +286,36 @@ static int header_is(const cl_req *r, const char *name, const char *value)
     return v && len == strlen(value) && strncasecmp(v, value, len) == 0;
 }
 
+/* RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any
+ * request with more than one (two hosts could be read differently by a
+ * proxy in front of us and by us). */
+static int host_problem(const cl_req *r, const char **why)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < r->nheaders; i++)
+        n += r->headers[i].name_len == 4 &&
+             strncasecmp(r->head.data + r->headers[i].name_off, "host", 4) == 0;
+    if (n > 1)
+        *why = "more than one Host header";
+    else if (n == 0 && r->http_minor >= 1)
+        *why = "missing Host header (required in HTTP/1.1)";
+    else
+        return 0;
+    return 1;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     cl_conn *c = p->data;
     cl_req *r = conn_req(c);
     const cl_config *cfg = c->w->cfg;
+    const char *why;
     r->head_done = 1;
     r->method = (llhttp_method_t)p->method;
     r->http_major = p->http_major;
     r->http_minor = p->http_minor;
+    if (host_problem(r, &why))
+        return refuse(r, 400, CL_ERR_INVALID_REQUEST, why);
     r->keep_alive = (uint8_t)llhttp_should_keep_alive(p);
     r->body_chunked = (p->flags & F_CHUNKED) != 0;
     int has_body = r->body_chunked || p->content_length > 0;
@@ -260,6 +332,18 @@ static int on_headers_complete(llhttp_t *p)
     }
     if (has_body)
         cl_conn_set_timeout(c, cfg->body_timeout_ms);
+    return 0;
+}
+
+/* llhttp has the chunk's size in content_length here: a chunk that would
+ * take the body past max_body_bytes is refused before its bytes arrive,
+ * rather than after max_body_bytes of them. */
+static int on_chunk_header(llhttp_t *p)
+{
+    cl_req *r = conn_req(p->data);
+    uint64_t max = r->conn->w->cfg->max_body_bytes;
+    if (p->content_length > max || r->body.len > max - p->content_length)
+        return refuse(r, 413, CL_ERR_PAYLOAD_TOO_LARGE, "request body is larger than max_body_bytes");
     return 0;
 }
 
@@ -291,6 +375,8 @@ static void settings_init(void)
     g_settings.on_message_begin = on_message_begin;
     g_settings.on_url = on_url;
     g_settings.on_url_complete = on_url_complete;
+    g_settings.on_version_complete = on_version_complete;
+    g_settings.on_chunk_header = on_chunk_header;
     g_settings.on_header_field = on_header_field;
     g_settings.on_header_field_complete = on_header_field_complete;
     g_settings.on_header_value = on_header_value;
@@ -380,6 +466,7 @@ const char *cl_http_reason(int status)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
 }
@@ -574,6 +661,22 @@ void cl_http1_end_upgraded(cl_req *r, int status, size_t head_bytes)
 
 /* ---- access log ------------------------------------------------------------ */
 
+/* The path as the text log shows it, between double quotes: '"', '\\' and
+ * every byte outside printable ASCII become escapes, so a request cannot
+ * end the quoted field, forge a log line or send terminal controls. */
+static void log_escaped(cl_buf *b, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\')
+            cl_buf_printf(b, "\\%c", ch);
+        else if (ch < 0x20 || ch >= 0x7f)
+            cl_buf_printf(b, "\\x%02x", ch);
+        else
+            cl_buf_append_char(b, (char)ch);
+    }
+}
+
 static void access_log(cl_req *r, double ms)
 {
     cl_conn *c = r->conn;
@@ -594,9 +697,10 @@ static void access_log(cl_req *r, double ms)
         cl_buf_append_str(b, ",\"request_id\":");
         cl_jsonw_cstr(b, r->request_id);
     } else {
-        cl_buf_printf(b, "%s \"%s %.*s HTTP/%d.%d\" %d %llu %.3fms id=%s", c->peer, method,
-                      (int)r->path_len, r->head.data ? r->head.data : "", r->http_major,
-                      r->http_minor, r->status, (unsigned long long)r->resp_bytes, ms,
+        cl_buf_printf(b, "%s \"%s ", c->peer, method);
+        log_escaped(b, r->head.data ? r->head.data : "", r->path_len);
+        cl_buf_printf(b, " HTTP/%d.%d\" %d %llu %.3fms id=%s", r->http_major, r->http_minor,
+                      r->status, (unsigned long long)r->resp_bytes, ms,
                       r->request_id[0] ? r->request_id : "-");
     }
     cl_log_end();
@@ -930,6 +1034,9 @@ void cl_http1_attach(cl_conn *c)
 {
     settings_init();
     llhttp_init(&c->parser, HTTP_REQUEST, &g_settings);
+    /* Versions are checked by on_version_complete (llhttp 8.1 has the flag
+     * but no setter for it). */
+    c->parser.lenient_flags |= LENIENT_VERSION;
     c->parser.data = c;
     cl_conn_set_proto(c, &http1_proto, NULL);
     /* A connection that never sends a request is cut like a slow one. */

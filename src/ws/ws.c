@@ -39,6 +39,14 @@
  * before framing it). wslay still frames what it owns: pongs, close frames
  * and their replies, pings while a context exists.
  *
+ * Frame headers are read a step ahead of wslay (scan_frames): wslay looks
+ * at a header only once payload bytes follow it, so a frame announcing
+ * 2^40 bytes, an unmasked frame or a reserved opcode would otherwise wait
+ * for payload before the close, and errors its frame layer finds
+ * (a fragmented ping) close without a code. Each read is cut before the
+ * first bad header, wslay gets what precedes it, and the connection fails
+ * with 1002, 1003 or 1009 and a reason at once (RFC 6455 §7.1.7).
+ *
  * Liveness: the connection's single timer is a tick every
  * ws_ping_interval (STYLE 4; nothing is re-armed per frame, frames only
  * set flags and timestamps). A tick that finds nothing received since the
@@ -76,6 +84,16 @@
 /* wslay_event_queue_close's limit on the reason (125 minus the code). */
 #define CLOSE_REASON_MAX 123
 
+/* The client's frame headers as they arrive, independent of wslay's
+ * buffers (so it survives the context being freed between frames). */
+typedef struct ws_scan {
+    uint8_t hdr[14];                /* the header being read: 2 + 8 length + 4 mask */
+    uint8_t hlen;                   /* bytes of it so far */
+    unsigned in_msg : 1;            /* a data message with FIN=0 is open */
+    uint64_t left;                  /* payload bytes of the current frame still to come */
+    uint64_t msg_len;               /* payload of the open data message so far */
+} ws_scan;
+
 struct cl_ws {
     cl_conn *conn;
     const cl_ws_handler *h;
@@ -99,6 +117,7 @@ struct cl_ws {
     unsigned rx_since_ping : 1;     /* any byte from the peer since the last ping */
     unsigned ping_outstanding : 1;
     unsigned held_input : 1;        /* conn->in holds bytes for us (late upgrade) */
+    ws_scan scan;
 };
 
 static const cl_conn_proto ws_proto;
@@ -280,14 +299,113 @@ static void on_frame_start(wslay_event_context_ptr ctx,
     cl_ws *ws = user_data;
     (void)ctx;
     uint64_t n = arg->payload_length;
-    /* wslay has already refused unmasked client frames and non-minimal
-     * length encodings, so the header size follows from the length. */
+    /* scan_frames has already refused unmasked client frames and
+     * non-minimal length encodings, so the header size follows from the
+     * length. */
     ws->frame_bytes = 2 + 4 + n + (n < 126 ? 0 : n < 65536 ? 2 : 8);
     if (!wslay_is_ctrl_frame(arg->opcode))
         ws->fragmented = !arg->fin;
-    /* Refused at its first frame: a binary message is never buffered. */
-    if (arg->opcode == WSLAY_BINARY_FRAME)
-        fail(ws, 1003, "binary messages are not accepted");
+}
+
+/* ---- frame headers, read ahead of wslay (see the top) -------------------------- */
+
+/* Judges the first two bytes of a client frame header (RFC 6455 §5.2,
+ * §5.4, §5.5): 0, or a close code with *why. As early as wslay's own frame
+ * layer looks, so that no split of the bytes lets wslay fail first. */
+static int judge_start(const ws_scan *sc, const uint8_t *h, const char **why)
+{
+    int fin = h[0] >> 7, rsv = (h[0] >> 4) & 7, op = h[0] & 15, n7 = h[1] & 0x7f;
+    if (rsv)
+        return *why = "reserved bits set without an extension", 1002;
+    if (!(h[1] & 0x80))
+        return *why = "client frames must be masked", 1002;
+    if (op >= 8) {
+        if (op > 10)
+            return *why = "reserved opcode", 1002;
+        if (!fin || n7 > 125)
+            return *why = "control frames must be whole and at most 125 bytes", 1002;
+        return 0;
+    }
+    if (op > 2)
+        return *why = "reserved opcode", 1002;
+    if (op == 0 && !sc->in_msg)
+        return *why = "continuation frame without a message to continue", 1002;
+    if (op != 0 && sc->in_msg)
+        return *why = "new message inside a fragmented one", 1002;
+    /* a binary message is refused at its first header, never buffered */
+    if (op == WSLAY_BINARY_FRAME)
+        return *why = "binary messages are not accepted", 1003;
+    return 0;
+}
+
+/* The payload length of a header whose length bytes are in. */
+static uint64_t payload_len(const uint8_t *h)
+{
+    uint8_t n7 = h[1] & 0x7f;
+    uint64_t n = n7;
+    if (n7 == 126)
+        n = (uint64_t)h[2] << 8 | h[3];
+    for (int i = 0; n7 == 127 && i < 8; i++)
+        n = (i ? n << 8 : 0) | h[2 + i];
+    return n;
+}
+
+/* Judges the payload length once its bytes are in (before the mask key):
+ * the shortest encoding, and the message size — at the header, not when
+ * payload arrives. Updates the message state for a data frame. */
+static int judge_length(cl_ws *ws, const uint8_t *h, const char **why)
+{
+    ws_scan *sc = &ws->scan;
+    int fin = h[0] >> 7, op = h[0] & 15, n7 = h[1] & 0x7f;
+    uint64_t n = payload_len(h);
+    if ((n7 == 126 && n < 126) || (n7 == 127 && (n < 65536 || n >> 63)))
+        return *why = "frame length not in its shortest form", 1002;
+    if (op >= 8)
+        return 0;
+    uint64_t max = ws->conn->w->cfg->max_ws_message_bytes;
+    uint64_t before = op == 0 ? sc->msg_len : 0;
+    if (n > max || before + n > max)
+        return *why = "message is larger than max_ws_message_bytes", 1009;
+    sc->msg_len = fin ? 0 : before + n;
+    sc->in_msg = !fin;
+    return 0;
+}
+
+/* Follows the frames in p[0..n): returns how many bytes wslay may have,
+ * all of them unless a header is bad, then the bytes before that header
+ * (code and why set; the header may have begun in an earlier read, which
+ * wslay already holds but cannot have judged yet). */
+static size_t scan_frames(cl_ws *ws, const uint8_t *p, size_t n, int *code, const char **why)
+{
+    ws_scan *sc = &ws->scan;
+    size_t i = 0;
+    while (i < n) {
+        if (sc->left) {
+            size_t take = sc->left < n - i ? (size_t)sc->left : n - i;
+            sc->left -= take;
+            i += take;
+            continue;
+        }
+        sc->hdr[sc->hlen++] = p[i++];
+        size_t h = sc->hlen;
+        if (h < 2)
+            continue;
+        size_t ext = (sc->hdr[1] & 0x7f) == 126 ? 2 : (sc->hdr[1] & 0x7f) == 127 ? 8 : 0;
+        *code = 0;
+        if (h == 2)
+            *code = judge_start(sc, sc->hdr, why);
+        if (!*code && h == 2 + ext)
+            *code = judge_length(ws, sc->hdr, why);
+        if (*code) {
+            sc->hlen = 0;
+            return i >= h ? i - h : 0;
+        }
+        if (h == 2 + ext + 4) { /* the mask key is in: the payload follows */
+            sc->hlen = 0;
+            sc->left = payload_len(sc->hdr);
+        }
+    }
+    return n;
 }
 
 static void on_frame_end(wslay_event_context_ptr ctx, void *user_data)
@@ -467,6 +585,22 @@ static void out_of_memory(cl_ws *ws)
 
 /* ---- connection protocol ------------------------------------------------------ */
 
+/* A bad header found by scan_frames: fail the connection now, whatever
+ * wslay made of the bytes before it. */
+static void fail_at_header(cl_ws *ws, int code, const char *why)
+{
+    cl_conn *c = ws->conn;
+    if (c->closing || c->close_after_write || ws->close_queued)
+        return;
+    if (ctx_ensure(ws) != 0) {
+        out_of_memory(ws);
+        return;
+    }
+    CL_DEBUG("ws %s: failing with %d: %s", c->peer, code, why);
+    fail(ws, code, why);
+    pump_out(ws);
+}
+
 static void ws_on_data(cl_conn *c, const char *data, size_t len)
 {
     cl_ws *ws = c->proto_data;
@@ -478,9 +612,18 @@ static void ws_on_data(cl_conn *c, const char *data, size_t len)
         settle(ws);
         return;
     }
+    int code = 0;
+    const char *why = NULL;
+    /* Once wslay stopped reading (a close came, or it failed the peer)
+     * the rest is ignored, so there is nothing to judge. */
+    size_t ok = len;
+    if (!ws->close_queued && wslay_event_get_read_enabled(ws->ctx))
+        ok = scan_frames(ws, (const uint8_t *)data, len, &code, &why);
     ws->rx = data;
-    ws->rx_len = len;
+    ws->rx_len = ok;
     pump(ws);
+    if (code)
+        fail_at_header(ws, code, why);
     settle(ws);
 }
 

@@ -11,6 +11,9 @@ import { chromium } from 'playwright-core';
 import { get, makeTest, sleep, startServer, withTimeout } from './lib/server.mjs';
 import { startPg } from './lib/pg.mjs';
 
+// at least 32 bytes: chatloop refuses a shorter jwt_secret with auth = required
+const JWT_SECRET = 'browser-test-secret-0123456789abcdef';
+
 const CHROMIUM = process.env.CHATLOOP_CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = '/tmp/chatloop-browser.png';
 const CSP =
@@ -157,7 +160,7 @@ test('GET / serves the client: strict CSP and security headers, no inline code, 
   assert.equal((await get(s.port, '/nothing.js')).status, 404);
 
   // With auth required the page says so (it shows the login form at once).
-  const s2 = await startServer({ provider: 'mock', auth: 'required', jwtSecret: 'x' });
+  const s2 = await startServer({ provider: 'mock', auth: 'required', jwtSecret: JWT_SECRET });
   servers.push(s2);
   const r2 = await get(s2.port, '/');
   assert.match(r2.text, /<html lang="en" data-auth="required">/);
@@ -244,7 +247,7 @@ test('auth off: the answer streams in, completes, and a second one is cancelled 
 });
 
 test('auth required: register and log in through the form, then a question streams', { timeout: 90000 }, async () => {
-  const s = await server({ auth: 'required', jwtSecret: 'x', kdfIterations: 1000 });
+  const s = await server({ auth: 'required', jwtSecret: JWT_SECRET, kdfIterations: 1000 });
   const { context, page, problems, url } = await openPage(s);
   try {
     await page.waitForSelector('#login-panel', { state: 'visible' });

@@ -149,6 +149,8 @@ test('every token failure → 401 UNAUTHORIZED envelope with WWW-Authenticate, o
     expired: `Bearer ${signJwt({ sub: u.userId, iat: now() - 7200, exp: now() - 60 })}`,
     'expired this second': `Bearer ${signJwt({ sub: u.userId, iat: now() - 7200, exp: now() })}`,
     'not yet valid (nbf)': `Bearer ${signJwt({ sub: u.userId, exp: now() + 600, nbf: now() + 300 })}`,
+    'issued in the future (iat)': `Bearer ${signJwt({ sub: u.userId, iat: now() + 300, exp: now() + 600 })}`,
+    'nbf not an integer': `Bearer ${signJwt({ sub: u.userId, exp: now() + 600, nbf: now() + 0.5 })}`,
     'alg none, no signature': `Bearer ${b64url({ alg: 'none', typ: 'JWT' })}.${p64}.`,
     'alg none, original signature': `Bearer ${b64url({ alg: 'none', typ: 'JWT' })}.${p64}.${s64}`,
     'alg None': `Bearer ${b64url({ alg: 'None' })}.${p64}.`,
@@ -182,6 +184,9 @@ test('every token failure → 401 UNAUTHORIZED envelope with WWW-Authenticate, o
   // The reasons are told apart in the message (not a secret: the client holds the token).
   const msg = async (auth) => (await api(srv.port, 'GET', '/api/v1/usage', { headers: { authorization: auth } })).j.message;
   assert.match(await msg(bad.expired), /expired/);
+  assert.match(await msg(bad['not yet valid (nbf)']), /not valid yet/);
+  assert.match(await msg(bad['issued in the future (iat)']), /issued in the future/);
+  assert.match(await msg(bad['nbf not an integer']), /malformed/);
   assert.match(await msg(bad['alg none, no signature']), /algorithm/);
   assert.match(await msg(bad['wrong signature (another secret)']), /signature/);
   assert.match(await msg(bad['garbage token']), /malformed/);

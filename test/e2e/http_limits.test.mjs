@@ -54,7 +54,6 @@ test('garbage bytes → 400 INVALID_REQUEST and close', async () => {
 
 test('a bad request line and a bad header line → 400', async () => {
   await expectRefused(srv.port, 'GET\r\n\r\n', 400, 'INVALID_REQUEST');
-  await expectRefused(srv.port, 'GET /health HTTP/9.9\r\nHost: t\r\n\r\n', 400, 'INVALID_REQUEST');
   await expectRefused(srv.port, 'GET /health HTTP/1.1\r\nHost t\r\n\r\n', 400, 'INVALID_REQUEST');
   await expectRefused(srv.port, 'GET /health HTTP/1.1\r\nContent-Length : 0\r\n\r\n', 400, 'INVALID_REQUEST');
   await expectRefused(srv.port, 'GET /health HTTP/1.1\nHost: t\n\n', 400, 'INVALID_REQUEST');
@@ -69,11 +68,75 @@ test(
   },
 );
 
-test('unsupported HTTP versions → 400', async () => {
-  for (const v of ['9.9', '1.2', '3.0']) {
-    await expectRefused(srv.port, `GET /health HTTP/${v}\r\nHost: t\r\n\r\n`, 400, 'INVALID_REQUEST');
+test('HTTP versions: any major version but 1 → 505 HTTP Version Not Supported; 1.x is read as 1.1', async () => {
+  for (const v of ['2.0', '3.0', '9.9', '0.1']) {
+    const { r } = await expectRefused(srv.port, `GET /health HTTP/${v}\r\nHost: t\r\n\r\n`, 505, 'INVALID_REQUEST');
+    assert.equal(r.reason, 'HTTP Version Not Supported');
   }
+  await expectRefused(srv.port, 'GET /health HTTP/1.x\r\nHost: t\r\n\r\n', 400, 'INVALID_REQUEST');
+  const { res, conn } = await rawExchange(srv.port, 'GET /health HTTP/1.2\r\nHost: t\r\n\r\n');
+  conn.destroy();
+  assert.equal(res.status, 200, 'RFC 9110 2.5: a higher minor version is read as the highest we speak');
   await expectServing(srv.port);
+});
+
+test('an HTTP/1.1 request without Host, or with two, → 400 and close; HTTP/1.0 needs none', async () => {
+  const { j } = await expectRefused(srv.port, 'GET /health HTTP/1.1\r\n\r\n', 400, 'INVALID_REQUEST');
+  assert.match(j.message, /Host/);
+  const two = await expectRefused(srv.port, 'GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n', 400, 'INVALID_REQUEST');
+  assert.match(two.j.message, /more than one Host/);
+  const { res, conn } = await rawExchange(srv.port, 'GET /health HTTP/1.0\r\n\r\n');
+  conn.destroy();
+  assert.equal(res.status, 200);
+  await expectServing(srv.port);
+});
+
+test('an HTTP/0.9 request line (no version) → a prompt 400 and close, not a wait for the header timeout', async () => {
+  const t0 = Date.now();
+  const { j } = await expectRefused(srv.port, 'GET /\r\n', 400, 'INVALID_REQUEST');
+  assert.match(j.message, /HTTP\/0\.9/);
+  assert.ok(Date.now() - t0 < 2000, `answered after ${Date.now() - t0} ms (header_timeout is 10 s)`);
+  await expectServing(srv.port);
+});
+
+test('an absolute-form target (RFC 9112 3.2.2) is routed on its path', async () => {
+  const c = await RawConn.open(srv.port);
+  try {
+    await c.write(`GET http://127.0.0.1:${srv.port}/health HTTP/1.1\r\nHost: 127.0.0.1:${srv.port}\r\n\r\n`);
+    const r = await c.readResponse();
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json().status, 'ok');
+    await c.write('POST HTTP://example.com/api/v1/debug/echo?q=1 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n\r\nhi');
+    const e = await c.readResponse();
+    assert.equal(e.status, 200, e.text);
+    assert.equal(e.json().data.body, 'hi');
+    await c.write('GET http://example.com/nope HTTP/1.1\r\nHost: example.com\r\n\r\n');
+    const n = await c.readResponse();
+    assert.equal(n.status, 404);
+    assert.equal(n.json().error.details.path, '/nope');
+  } finally {
+    c.destroy();
+  }
+});
+
+test('a chunk size past max_body_bytes (ffffffffffffffff) → 413 at the chunk header, before any of its bytes', async () => {
+  const t0 = Date.now();
+  const { j } = await expectRefused(
+    small.port,
+    'POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n',
+    413,
+    'PAYLOAD_TOO_LARGE',
+  );
+  assert.match(j.message, /max_body_bytes/);
+  assert.ok(Date.now() - t0 < 2000, `refused after ${Date.now() - t0} ms`);
+  // Also when earlier chunks fit: 60 KiB, then a chunk of 8 KiB against 64 KiB.
+  await expectRefused(
+    small.port,
+    `POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nf000\r\n${'a'.repeat(0xf000)}\r\n2000\r\n`,
+    413,
+    'PAYLOAD_TOO_LARGE',
+  );
+  await expectServing(small.port);
 });
 
 test('Transfer-Encoding other than chunked → 400', async () => {
@@ -306,4 +369,30 @@ test('refusals are counted in /metrics', async () => {
   assert.ok(m['chatloop_http_requests_total{class="4xx"}'] >= 10);
   // lingering 413 connections close within ~2 s
   await sleep(100);
+});
+
+test('the text access log escapes quotes, backslashes and control bytes of the path (no forged fields or lines)', async () => {
+  const s = await startServer({ workers: 1, logLevel: 'info', accessLog: 'on', logFormat: 'text' });
+  try {
+    // what llhttp lets through in a target: '"', '\\', tab and bytes >= 0x80
+    const path = '/x"\\y\t\xff?q="z"';
+    const c = await RawConn.open(s.port);
+    try {
+      await c.write(Buffer.from(`GET ${path} HTTP/1.1\r\nHost: t\r\n\r\n`, 'latin1'));
+      const r = await c.readResponse();
+      assert.equal(r.status, 404);
+    } finally {
+      c.destroy();
+    }
+    let line;
+    for (let i = 0; i < 100 && !line; i++) {
+      line = s.stderr.split('\n').find((l) => l.includes('"GET /x'));
+      if (!line) await sleep(20);
+    }
+    assert.ok(line, `an access log line in ${s.logTail()}`);
+    assert.ok(line.includes('"GET /x\\"\\\\y\\x09\\xff HTTP/1.1" 404 '), line);
+    assert.ok(!/[\x00-\x1f\x7f]/.test(line), `no raw control bytes: ${JSON.stringify(line)}`);
+  } finally {
+    assert.deepEqual(await s.stop(), { code: 0, signal: null });
+  }
 });

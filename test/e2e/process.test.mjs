@@ -177,3 +177,74 @@ test('a worker killed with SIGKILL is restarted; serving never stops', async () 
   await expectServing(s.port);
   assert.deepEqual(await s.stop(), { code: 0, signal: null });
 });
+
+/** The pid of the one worker answering /health, once it differs from `old`. */
+async function nextWorkerPid(port, old, ms) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    try {
+      const pid = (await get(port, '/health', { timeout: 1000 })).json().pid;
+      if (pid !== old) return pid;
+    } catch {}
+    await sleep(20);
+  }
+  throw new Error(`no new worker answered /health within ${ms} ms (last pid ${old})`);
+}
+
+test('workers = 1: a crash-looping worker is restarted with backoff, forever; SIGTERM then exits 0', async () => {
+  const s = await start({ workers: 1 });
+  s.allowRestarts = true;
+  let pid = (await get(s.port, '/health')).json().pid;
+  // Three quick deaths in a row: each replacement lives well under the 5 s
+  // that counts as stable, so the backoff grows (200, 400, 800 ms).
+  for (let k = 0; k < 3; k++) {
+    process.kill(pid, 'SIGKILL');
+    pid = await nextWorkerPid(s.port, pid, 8000);
+    assert.equal(s.exited, null, `the supervisor is still running after kill ${k + 1}`);
+  }
+  await expectServing(s.port);
+  const restarts = (s.stderr.match(/worker 0 \(pid \d+\) killed by signal 9; restarting in (\d+)ms/g) || [])
+    .map((l) => Number(/in (\d+)ms/.exec(l)[1]));
+  assert.equal(restarts.length, 3, s.stderr);
+  assert.ok(restarts[0] > 0 && restarts[1] > restarts[0] && restarts[2] > restarts[1] && restarts[2] <= 5000,
+    `growing, capped backoff: ${restarts}`);
+  assert.doesNotMatch(s.stderr, /chatloop stopped/);
+  assert.deepEqual(await s.stop(), { code: 0, signal: null });
+});
+
+/** Binds `port` without SO_REUSEPORT (so a worker's bind fails), or null if it is taken. */
+function tryBind(port) {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(null));
+    srv.listen({ host: HOST, port, exclusive: true }, () => resolve(srv));
+  });
+}
+
+test('a restarted worker that cannot bind its port stops the supervisor with a non-zero exit', async () => {
+  const s = await start({ workers: 1 });
+  s.allowRestarts = true;
+  let pid = (await get(s.port, '/health')).json().pid;
+  let blocker = null;
+  try {
+    // Take the port in the backoff between the kill and the restart; if the
+    // replacement wins the race, kill it too (the next backoff is longer).
+    for (let k = 0; k < 5 && !blocker; k++) {
+      process.kill(pid, 'SIGKILL');
+      const deadline = Date.now() + 150;
+      while (!blocker && Date.now() < deadline) {
+        blocker = await tryBind(s.port);
+        if (!blocker) await sleep(2);
+      }
+      if (!blocker) pid = await nextWorkerPid(s.port, pid, 8000);
+    }
+    assert.ok(blocker, 'took the port while the worker was down');
+    const ex = await s.waitExit(5000, 'the supervisor gives up on a worker that cannot start');
+    assert.equal(ex.code, 1, s.stderr);
+    assert.match(s.stderr, /worker 0 could not start; stopping/);
+    assert.match(s.stderr, /in use|bind/i);
+  } finally {
+    if (blocker) await new Promise((r) => blocker.close(r));
+  }
+  assert.deepEqual(await s.stop(), { code: 1, signal: null });
+});

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { after, before } from 'node:test';
 import WebSocket from 'ws';
 import { connect, newSid, openWs } from './lib/ws.mjs';
-import { HOST, makeTest, sleep, withTimeout } from './lib/server.mjs';
+import { HOST, RawConn, makeTest, sleep, withTimeout } from './lib/server.mjs';
 import { mockText, startMock } from './lib/mock.mjs';
 import { MODEL, startBuiltin, stopAll } from './lib/llm.mjs';
 import { startPg } from './lib/pg.mjs';
@@ -357,6 +357,73 @@ test('an oversized message (2 KiB > max_ws_message_bytes 1 KiB) → close 1009',
     h2.terminate();
   }
 });
+
+/** A raw socket upgraded to a WebSocket: {c} with c.buf holding what followed the 101. */
+async function rawWs(port, token) {
+  const c = await RawConn.open(port);
+  await c.write(`GET /ws/chat?token=${token} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+  const r = await c.readResponse();
+  assert.equal(r.status, 101, r.text);
+  return c;
+}
+
+/** The first close frame in the server's bytes after the 101: {code, reason}. */
+async function rawClose(c, ms) {
+  let close = null;
+  await c.waitFor(() => {
+    for (let at = 0; at + 2 <= c.buf.length;) {
+      const op = c.buf[at] & 15;
+      let n = c.buf[at + 1] & 127, hl = 2;
+      if (n === 126) [n, hl] = [c.buf.readUInt16BE(at + 2), 4];
+      else if (n === 127) [n, hl] = [Number(c.buf.readBigUInt64BE(at + 2)), 10];
+      if (c.buf.length < at + hl + n) return false;
+      if (op === 8) {
+        const p = c.buf.subarray(at + hl, at + hl + n);
+        close = { code: n >= 2 ? p.readUInt16BE(0) : null, reason: p.subarray(2).toString() };
+        return true;
+      }
+      at += hl + n;
+    }
+    return false;
+  }, ms, 'a close frame');
+  return close;
+}
+
+test('frames refused at their header, with the code in the close frame: 2^40 bytes announced → 1009, unmasked or reserved opcode → 1002', async () => {
+  const u = await newUser(srv.port);
+  const cases = [
+    // text, 64-bit length 2^40: nothing of the payload (not even the mask key) is sent
+    ['2^40 bytes announced', Buffer.from([0x81, 0xff, 0, 0, 1, 0, 0, 0, 0, 0]), 1009],
+    // 600 + 600 bytes against 1 KiB: refused at the second fragment's header
+    ['fragments past the limit', Buffer.concat([wsFrame(0x01, 'a'.repeat(600), false), Buffer.from([0x80, 0xfe, 0x02, 0x58])]), 1009],
+    ['unmasked frame', Buffer.from([0x81, 0x05]), 1002],
+    ['reserved opcode', Buffer.from([0x83, 0x85]), 1002],
+    ['fragmented ping', Buffer.from([0x09, 0x80]), 1002],
+  ];
+  for (const [what, bytes, code] of cases) {
+    const c = await rawWs(srv.port, u.token);
+    try {
+      const t0 = Date.now();
+      await c.write(bytes);
+      const close = await rawClose(c, 2000);
+      assert.equal(close.code, code, `${what}: ${JSON.stringify(close)}`);
+      assert.ok(close.reason.length > 0, `${what}: a reason`);
+      await c.waitClosed(2000);
+      assert.ok(Date.now() - t0 < 1500, `${what}: closed ${Date.now() - t0} ms after the header`);
+    } finally {
+      c.destroy();
+    }
+  }
+});
+
+/** A masked client frame (mask key 0: the payload reads as is). */
+function wsFrame(op, text, fin = true) {
+  const p = Buffer.from(text);
+  const h = p.length < 126 ? Buffer.from([(fin ? 0x80 : 0) | op, 0x80 | p.length])
+    : Buffer.from([(fin ? 0x80 : 0) | op, 0x80 | 126, p.length >> 8, p.length & 255]);
+  return Buffer.concat([h, Buffer.alloc(4), p]);
+}
 
 test('invalid UTF-8 in a text message → close 1007', async () => {
   const u = await newUser(srv.port);

@@ -534,12 +534,38 @@ static void test_jwt_expiry(void)
     /* nbf in the future */
     make_token(SECRET, "{\"alg\":\"HS256\"}", "{\"sub\":\"u\",\"exp\":1700000100,\"nbf\":1700000050}",
                NULL, tok, sizeof tok);
-    CHECK_EQ_INT(verify_str(SECRET, tok, NOW), CL_JWT_EXPIRED);
+    CHECK_EQ_INT(verify_str(SECRET, tok, NOW), CL_JWT_NOT_YET_VALID); /* not "expired" */
+    CHECK_EQ_INT(verify_str(SECRET, tok, NOW + 49), CL_JWT_NOT_YET_VALID);
     CHECK_EQ_INT(verify_str(SECRET, tok, NOW + 50), CL_JWT_OK);
-    /* nbf not a number */
-    make_token(SECRET, "{\"alg\":\"HS256\"}", "{\"sub\":\"u\",\"exp\":1700000100,\"nbf\":\"0\"}",
+    CHECK_EQ_STR(cl_jwt_status_text(CL_JWT_NOT_YET_VALID), "token not valid yet");
+    /* nbf not an integer */
+    static const char *const bad_times[] = { "\"0\"", "1.7e9", "1700000000.5", "null", "true",
+                                             "[1]", "99999999999999999999999" };
+    for (size_t i = 0; i < sizeof bad_times / sizeof bad_times[0]; i++) {
+        char payload[160];
+        snprintf(payload, sizeof payload, "{\"sub\":\"u\",\"exp\":1700000100,\"nbf\":%s}", bad_times[i]);
+        make_token(SECRET, "{\"alg\":\"HS256\"}", payload, NULL, tok, sizeof tok);
+        CHECK_EQ_INT(verify_str(SECRET, tok, NOW), CL_JWT_MALFORMED);
+        snprintf(payload, sizeof payload, "{\"sub\":\"u\",\"exp\":1700000100,\"iat\":%s}", bad_times[i]);
+        make_token(SECRET, "{\"alg\":\"HS256\"}", payload, NULL, tok, sizeof tok);
+        CHECK_EQ_INT(verify_str(SECRET, tok, NOW), CL_JWT_MALFORMED);
+    }
+    /* iat: up to CL_JWT_IAT_LEEWAY_S (60 s) of clock skew, no more */
+    make_token(SECRET, "{\"alg\":\"HS256\"}", "{\"sub\":\"u\",\"exp\":1700000900,\"iat\":1700000060}",
                NULL, tok, sizeof tok);
-    CHECK_EQ_INT(verify_str(SECRET, tok, NOW), CL_JWT_MALFORMED);
+    CHECK_EQ_INT(verify_str(SECRET, tok, NOW), CL_JWT_OK);
+    make_token(SECRET, "{\"alg\":\"HS256\"}", "{\"sub\":\"u\",\"exp\":1700000900,\"iat\":1700000061}",
+               NULL, tok, sizeof tok);
+    CHECK_EQ_INT(verify_str(SECRET, tok, NOW), CL_JWT_ISSUED_IN_FUTURE);
+    CHECK_EQ_INT(verify_str(SECRET, tok, NOW + 1), CL_JWT_OK);
+    CHECK_EQ_STR(cl_jwt_status_text(CL_JWT_ISSUED_IN_FUTURE), "token issued in the future");
+    make_token(SECRET, "{\"alg\":\"HS256\"}", "{\"sub\":\"u\",\"exp\":1700000900,\"iat\":1}",
+               NULL, tok, sizeof tok);
+    CHECK_EQ_INT(verify_str(SECRET, tok, NOW), CL_JWT_OK); /* old iat: exp decides */
+    /* an expired token is reported as expired, whatever its nbf */
+    make_token(SECRET, "{\"alg\":\"HS256\"}", "{\"sub\":\"u\",\"exp\":1600000000,\"nbf\":1800000000}",
+               NULL, tok, sizeof tok);
+    CHECK_EQ_INT(verify_str(SECRET, tok, NOW), CL_JWT_EXPIRED);
     /* missing exp, or exp not an integer */
     make_token(SECRET, "{\"alg\":\"HS256\"}", "{\"sub\":\"u\"}", NULL, tok, sizeof tok);
     CHECK_EQ_INT(verify_str(SECRET, tok, NOW), CL_JWT_MALFORMED);

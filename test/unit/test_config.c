@@ -81,7 +81,10 @@ static void test_defaults(void) {
     CHECK_EQ_INT(c.history_messages, 20);
     CHECK_EQ_INT(c.auth, CL_AUTH_REQUIRED);
     CHECK_EQ_INT(c.jwt_ttl_ms, 24ULL * 3600 * 1000);
-    CHECK_EQ_INT(c.rate_limit_per_minute, 60);
+    CHECK_EQ_INT(c.rate_limit_per_minute, 0); /* off until rate limits land */
+    CHECK_EQ_STR(c.cors_origins, "");
+    CHECK_EQ_STR(c.tls_key, "");
+    CHECK_EQ_INT(c.retrieval_timeout_ms, 10000);
     CHECK_EQ_INT(c.log_level, CL_LOG_INFO);
     CHECK_EQ_INT(c.log_format, CL_LOG_TEXT);
     CHECK_EQ_INT(c.access_log, 1);
@@ -340,7 +343,7 @@ static void test_file(void) {
         "workers = 3\n"
         "  model   =   my-model   \n"
         "base_url = http://x/y#frag # trailing comment\n"
-        "cors_origins = \"https://a.example, https://b#c\"  # quoted keeps '#'\n"
+        "jwt_secret = \"https://a.example, https://b#c\"  # quoted keeps '#'\n"
         "fallback_models = \"say \\\"hi\\\" \\\\ ok\"\n"
         "tls_cert =\n"
         "header_timeout = 2m\r\n"
@@ -356,7 +359,7 @@ static void test_file(void) {
     CHECK_EQ_INT(c.workers, 3);
     CHECK_EQ_STR(c.model, "my-model");
     CHECK_EQ_STR(c.base_url, "http://x/y#frag");
-    CHECK_EQ_STR(c.cors_origins, "https://a.example, https://b#c");
+    CHECK_EQ_STR(c.jwt_secret, "https://a.example, https://b#c");
     CHECK_EQ_STR(c.fallback_models, "say \"hi\" \\ ok");
     CHECK_EQ_STR(c.tls_cert, "");
     CHECK_EQ_INT(c.header_timeout_ms, 120000);
@@ -492,7 +495,7 @@ static void test_dump_roundtrip(void) {
         { "turn_timeout", "1500ms" }, { "connect_timeout", "90s" }, { "jwt_ttl", "7d" },
         { "jwt_ttl", "168h" }, { "drain_timeout", "0" }, { "max_body_bytes", "1000KB" },
         { "max_output_bytes", "12345" }, { "auth", "off" }, { "log_format", "json" },
-        { "access_log", "no" }, { "cors_origins", "*" }, { "tls_cert", "/etc/c.pem" },
+        { "access_log", "no" }, { "kdf_iterations", "2000" },
     };
     for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
         int rc = cl_config_set(&c, kv[i][0], kv[i][1], "x", err);
@@ -537,24 +540,31 @@ static void test_dump_roundtrip(void) {
     cl_config_free(&d);
 }
 
+/* The setter refuses tls_cert and tls_key until TLS lands (test_not_yet),
+ * so the cross-key checks kept for that release are fed by hand. */
+static void set_by_hand(char **slot, const char *v) {
+    free(*slot);
+    *slot = strdup(v);
+}
+
 static void test_validate(void) {
     cl_config c;
     cl_config_init(&c, err);
     CHECK_EQ_INT(cl_config_validate(&c, err), 0);
-    cl_config_set(&c, "tls_cert", "/nonexistent/cert.pem", "x", err);
+    set_by_hand(&c.tls_cert, "/nonexistent/cert.pem");
     CHECK_EQ_INT(cl_config_validate(&c, err), -1);
     CHECK_CONTAINS(err, "tls_key");
-    cl_config_set(&c, "tls_key", "/nonexistent/key.pem", "x", err);
+    set_by_hand(&c.tls_key, "/nonexistent/key.pem");
     CHECK_EQ_INT(cl_config_validate(&c, err), -1);
     CHECK_CONTAINS(err, "/nonexistent/cert.pem");
 
     char cert[64], key[64];
     snprintf(cert, sizeof cert, "%s", write_temp("cert"));
     snprintf(key, sizeof key, "%s", write_temp("key"));
-    cl_config_set(&c, "tls_cert", cert, "x", err);
-    cl_config_set(&c, "tls_key", key, "x", err);
+    set_by_hand(&c.tls_cert, cert);
+    set_by_hand(&c.tls_key, key);
     CHECK_EQ_INT(cl_config_validate(&c, err), 0);
-    cl_config_set(&c, "tls_cert", "", "x", err);
+    set_by_hand(&c.tls_cert, "");
     CHECK_EQ_INT(cl_config_validate(&c, err), -1);
     CHECK_CONTAINS(err, "tls_cert");
     unlink(cert);
@@ -570,15 +580,20 @@ static void test_conf_file_matches_table(void) {
     if (!text)
         return;
     for (size_t i = 0; i < cl_config_key_count(); i++) {
-        const char *def = cl_config_key_default(i);
+        const char *def = cl_config_key_default(i), *why = cl_config_key_not_yet(i);
         char want[512];
-        snprintf(want, sizeof want, "\n# %s\n%s = %s\n", cl_config_key_doc(i),
-                 cl_config_key_name(i), *def ? def : "\"\"");
+        if (why) /* commented out, with the reason, so make run still starts */
+            snprintf(want, sizeof want,
+                     "\n# %s\n# not supported yet (%s): setting it refuses startup\n# %s = %s\n",
+                     cl_config_key_doc(i), why, cl_config_key_name(i), *def ? def : "\"\"");
+        else
+            snprintf(want, sizeof want, "\n# %s\n%s = %s\n", cl_config_key_doc(i),
+                     cl_config_key_name(i), *def ? def : "\"\"");
         CHECK_CONTAINS(text, want);
         /* and no second, different setting of the same key */
         snprintf(want, sizeof want, "\n%s =", cl_config_key_name(i));
         const char *first = strstr(text, want);
-        CHECK(first && !strstr(first + 1, want));
+        CHECK(why ? !first : first && !strstr(first + 1, want));
     }
     free(text);
 
@@ -592,6 +607,61 @@ static void test_conf_file_matches_table(void) {
     free(b);
     cl_config_free(&c);
     cl_config_free(&d);
+}
+
+/* A key whose feature has not landed refuses any value but its default,
+ * from every source, naming the source, the key and the reason. */
+static void test_not_yet(void) {
+    static const char *const refused[][2] = {
+        { "tls_cert", "/etc/cert.pem" }, { "tls_key", "/etc/key.pem" },
+        { "cors_origins", "*" }, { "rate_limit_per_minute", "60" },
+        { "retrieval_timeout", "5s" },
+    };
+    static const char *const accepted[][2] = {
+        { "tls_cert", "" }, { "tls_key", "" }, { "cors_origins", "" },
+        { "rate_limit_per_minute", "0" }, { "retrieval_timeout", "10000ms" },
+        { "retrieval_timeout", "10" },
+    };
+    cl_config c;
+    cl_config_init(&c, err);
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        CHECK_EQ_INT(cl_config_set(&c, refused[i][0], refused[i][1], "--x", err), -1);
+        char want[128];
+        snprintf(want, sizeof want, "--x: %s is not supported yet (", refused[i][0]);
+        CHECK_CONTAINS(err, want);
+        CHECK_CONTAINS(err, "); remove it to start");
+    }
+    CHECK_EQ_INT(cl_config_set(&c, "tls-cert", "/c.pem", "--tls-cert", err), -1);
+    CHECK_EQ_STR(err, "--tls-cert: tls_cert is not supported yet (TLS arrives in a later "
+                      "release); remove it to start");
+    CHECK_EQ_STR(c.tls_cert, ""); /* nothing stored */
+    for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++)
+        CHECK_EQ_INT(cl_config_set(&c, accepted[i][0], accepted[i][1], "x", err), 0);
+    /* a malformed value still gets the usual message */
+    CHECK_EQ_INT(cl_config_set(&c, "rate_limit_per_minute", "lots", "x", err), -1);
+    CHECK_CONTAINS(err, "expected an integer");
+
+    char *env[] = { "CHATLOOP_CORS_ORIGINS=https://a.example", NULL };
+    CHECK_EQ_INT(cl_config_apply_env(&c, env, err), -1);
+    CHECK_CONTAINS(err, "CHATLOOP_CORS_ORIGINS: cors_origins is not supported yet (CORS");
+    char *path = write_temp("workers = 1\nrate_limit_per_minute = 120\n");
+    CHECK_EQ_INT(cl_config_load_file(&c, path, 1, err), -1);
+    CHECK_CONTAINS(err, ":2: rate_limit_per_minute is not supported yet (rate limits");
+    unlink(path);
+
+    /* --check-config shows them as such, and the dump still reads back */
+    char *dump = cl_config_dump(&c);
+    CHECK_CONTAINS(dump, "\ntls_cert = \"\"  # not supported yet: TLS arrives in a later release\n");
+    CHECK_CONTAINS(dump, "\nretrieval_timeout = 10s  # not supported yet: ");
+    path = write_temp(dump);
+    CHECK_EQ_INT(cl_config_load_file(&c, path, 1, err), 0);
+    unlink(path);
+    free(dump);
+    size_t marked = 0;
+    for (size_t i = 0; i < cl_config_key_count(); i++)
+        marked += cl_config_key_not_yet(i) != NULL;
+    CHECK_EQ_INT(marked, 5);
+    cl_config_free(&c);
 }
 
 static void test_database_url_redacted(void)
@@ -617,4 +687,4 @@ static void test_database_url_redacted(void)
 CL_TEST_MAIN(test_database_url_redacted, test_defaults, test_key_table, test_free_zeroed, test_durations, test_sizes,
              test_numbers, test_enums_and_bools, test_listen, test_workers,
              test_key_spelling_and_unknown, test_file, test_file_errors, test_env, test_secrets,
-             test_dump_roundtrip, test_validate, test_conf_file_matches_table)
+             test_dump_roundtrip, test_validate, test_conf_file_matches_table, test_not_yet)

@@ -154,10 +154,10 @@ static void test_simple_get(void)
 static void test_pipelined_in_order(void)
 {
     setup();
-    const char *req = "GET /health HTTP/1.1\r\nX-Request-Id: a1\r\n\r\n"
-                      "GET /nope HTTP/1.1\r\nX-Request-Id: a2\r\n\r\n"
-                      "POST /api/v1/debug/echo HTTP/1.1\r\nContent-Length: 5\r\nX-Request-Id: a3\r\n\r\nhello"
-                      "GET /health HTTP/1.1\r\nX-Request-Id: a4\r\n\r\n";
+    const char *req = "GET /health HTTP/1.1\r\nHost: t\r\nX-Request-Id: a1\r\n\r\n"
+                      "GET /nope HTTP/1.1\r\nHost: t\r\nX-Request-Id: a2\r\n\r\n"
+                      "POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nX-Request-Id: a3\r\n\r\nhello"
+                      "GET /health HTTP/1.1\r\nHost: t\r\nX-Request-Id: a4\r\n\r\n";
     char *out = feed_whole(req, NULL);
     CHECK_EQ_INT(count(out, "HTTP/1.1 "), 4);
     const char *p1 = strstr(out, "HTTP/1.1 200");
@@ -173,7 +173,7 @@ static void test_pipelined_in_order(void)
 static void test_chunked_body(void)
 {
     setup();
-    const char *req = "POST /api/v1/debug/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+    const char *req = "POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
                       "X-Request-Id: c1\r\n\r\n"
                       "5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nworld!\r\n0\r\nTrailer: x\r\n\r\n";
     char *out = feed_whole(req, NULL);
@@ -187,7 +187,7 @@ static void test_chunked_body(void)
 static void test_expect_continue(void)
 {
     setup();
-    const char *req = "POST /api/v1/debug/echo HTTP/1.1\r\nContent-Length: 3\r\n"
+    const char *req = "POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
                       "Expect: 100-continue\r\nX-Request-Id: e1\r\n\r\nabc";
     char *out = feed_whole(req, NULL);
     CHECK(strncmp(out, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", 42) == 0);
@@ -195,14 +195,14 @@ static void test_expect_continue(void)
     check_every_split(req);
     /* too large: 413 instead of 100, and the connection closes */
     int closing;
-    out = feed_whole("POST /api/v1/debug/echo HTTP/1.1\r\nContent-Length: 99999\r\n"
+    out = feed_whole("POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 99999\r\n"
                      "Expect: 100-continue\r\n\r\n", &closing);
     CHECK(strncmp(out, "HTTP/1.1 413 ", 13) == 0);
     CHECK(!strstr(out, "100 Continue"));
     CHECK(closing);
     free(out);
     /* an unknown expectation */
-    out = feed_whole("POST /api/v1/debug/echo HTTP/1.1\r\nContent-Length: 1\r\nExpect: magic\r\n\r\nx", &closing);
+    out = feed_whole("POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nExpect: magic\r\n\r\nx", &closing);
     if (strncmp(out, "HTTP/1.1 417 ", 13) != 0) { fprintf(stderr, "got: %s\n", out); CHECK(0); }
     free(out);
     teardown();
@@ -220,6 +220,8 @@ static void check_refused(const char *req, const char *status_line, const char *
     CHECK_CONTAINS(out, "Connection: close\r\n");
     CHECK(closing);
     CHECK_EQ_INT(count(out, "HTTP/1.1 "), 1);
+    if (count(out, "HTTP/1.1 ") != 1)
+        fprintf(stderr, "  for %s\n", req);
     free(out);
     check_every_split(req);
 }
@@ -230,12 +232,12 @@ static void test_limits(void)
     static char big[16384];
     /* header bytes: one 3000-byte header against max_header_bytes 2048 */
     memset(big, 0, sizeof big);
-    strcpy(big, "GET /health HTTP/1.1\r\nX-Big: ");
+    strcpy(big, "GET /health HTTP/1.1\r\nHost: t\r\nX-Big: ");
     memset(big + strlen(big), 'a', 3000);
     strcat(big, "\r\n\r\n");
     check_refused(big, "HTTP/1.1 431 ", "HEADERS_TOO_LARGE");
     /* header count */
-    strcpy(big, "GET /health HTTP/1.1\r\n");
+    strcpy(big, "GET /health HTTP/1.1\r\nHost: t\r\n");
     for (int i = 0; i < 25; i++)
         sprintf(big + strlen(big), "H%d: v\r\n", i);
     strcat(big, "\r\n");
@@ -243,13 +245,13 @@ static void test_limits(void)
     /* request line */
     strcpy(big, "GET /");
     memset(big + 5, 'u', 600);
-    strcpy(big + 605, " HTTP/1.1\r\n\r\n");
+    strcpy(big + 605, " HTTP/1.1\r\nHost: t\r\n\r\n");
     check_refused(big, "HTTP/1.1 414 ", "URI_TOO_LONG");
     /* body by Content-Length: refused at the head, before any body byte */
-    check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nContent-Length: 4097\r\n\r\nabc",
+    check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4097\r\n\r\nabc",
                   "HTTP/1.1 413 ", "PAYLOAD_TOO_LARGE");
     /* chunked body growing past the cap */
-    strcpy(big, "POST /api/v1/debug/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    strcpy(big, "POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
     for (int i = 0; i < 5; i++) {
         strcat(big, "3e8\r\n");
         size_t l = strlen(big);
@@ -261,7 +263,7 @@ static void test_limits(void)
     /* a body exactly at the cap is fine */
     {
         static char ok[8192];
-        strcpy(ok, "POST /api/v1/debug/echo HTTP/1.1\r\nContent-Length: 4096\r\n\r\n");
+        strcpy(ok, "POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4096\r\n\r\n");
         size_t l = strlen(ok);
         memset(ok + l, 'c', 4096);
         ok[l + 4096] = '\0';
@@ -276,20 +278,19 @@ static void test_malformed(void)
 {
     setup();
     check_refused("\x16\x03\x01garbage\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
-    check_refused("GET / HTTP/9.9\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
-    check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nContent-Length: 3\r\n"
+    check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
                   "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
                   "HTTP/1.1 400 ", "INVALID_REQUEST");
-    check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
                   "HTTP/1.1 400 ", "INVALID_REQUEST");
-    check_refused("GET /health HTTP/1.1\r\nNoColonHere\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
-    check_refused("GET /health HTTP/1.1\r\nBad Name: x\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
-    check_refused("GET /health HTTP/1.1\r\nX-Sp : x\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
-    check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    check_refused("GET /health HTTP/1.1\r\nHost: t\r\nNoColonHere\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
+    check_refused("GET /health HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
+    check_refused("GET /health HTTP/1.1\r\nHost: t\r\nX-Sp : x\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
+    check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
                   "HTTP/1.1 400 ", "INVALID_REQUEST");
     /* a good request, then garbage: the first is answered, then 400 */
     int closing;
-    char *out = feed_whole("GET /health HTTP/1.1\r\n\r\nBLAH\x01\r\n\r\n", &closing);
+    char *out = feed_whole("GET /health HTTP/1.1\r\nHost: t\r\n\r\nBLAH\x01\r\n\r\n", &closing);
     CHECK(strncmp(out, "HTTP/1.1 200 ", 13) == 0);
     CHECK_CONTAINS(out, "HTTP/1.1 400 ");
     CHECK(closing);
@@ -297,11 +298,84 @@ static void test_malformed(void)
     teardown();
 }
 
+/* RFC 9112 edges: Host, versions, HTTP/0.9, the absolute form, and a chunk
+ * size refused at its header. */
+static void test_protocol_edges(void)
+{
+    setup();
+    /* Host: required in HTTP/1.1, at most one in any version */
+    check_refused("GET /health HTTP/1.1\r\n\r\n", "HTTP/1.1 400 ", "missing Host header");
+    check_refused("GET /health HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", "HTTP/1.1 400 ",
+                  "more than one Host header");
+    check_refused("GET /health HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", "HTTP/1.1 400 ",
+                  "more than one Host header");
+    int closing;
+    char *out = feed_whole("GET /health HTTP/1.0\r\n\r\n", &closing); /* 1.0 needs none */
+    CHECK(strncmp(out, "HTTP/1.1 200 ", 13) == 0);
+    free(out);
+
+    /* versions: any major but 1 is 505; 1.x is spoken as 1.1 */
+    check_refused("GET / HTTP/2.0\r\nHost: t\r\n\r\n", "HTTP/1.1 505 HTTP Version Not Supported\r\n",
+                  "HTTP version not supported");
+    check_refused("GET / HTTP/9.9\r\nHost: t\r\n\r\n", "HTTP/1.1 505 ", "INVALID_REQUEST");
+    check_refused("GET / HTTP/0.1\r\nHost: t\r\n\r\n", "HTTP/1.1 505 ", "INVALID_REQUEST");
+    check_refused("GET / HTTP/1.x\r\nHost: t\r\n\r\n", "HTTP/1.1 400 ", "INVALID_REQUEST");
+    out = feed_whole("GET /health HTTP/1.2\r\nHost: t\r\n\r\n", &closing);
+    CHECK(strncmp(out, "HTTP/1.1 200 ", 13) == 0);
+    CHECK(!closing);
+    free(out);
+
+    /* HTTP/0.9 (no version): a 400 at the end of the line, not a wait */
+    check_refused("GET /\r\n", "HTTP/1.1 400 ", "HTTP/0.9");
+    check_refused("GET /health\n", "HTTP/1.1 400 ", "HTTP/0.9");
+
+    /* absolute form: routed on its path, the query kept */
+    static const char *const absolute[] = {
+        "GET http://127.0.0.1:8080/health HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+        "GET HTTPS://example.com/health HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        "GET http://example.com/health?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof absolute / sizeof absolute[0]; i++) {
+        out = feed_whole(absolute[i], &closing);
+        if (strncmp(out, "HTTP/1.1 200 ", 13) != 0) {
+            fprintf(stderr, "  %s -> %.60s\n", absolute[i], out);
+            CHECK(0);
+        }
+        CHECK_CONTAINS(out, "\"status\":\"ok\"");
+        free(out);
+        check_every_split(absolute[i]);
+    }
+    out = feed_whole("GET http://example.com/nope HTTP/1.1\r\nHost: e\r\n\r\n", NULL);
+    CHECK_CONTAINS(out, "\"path\":\"/nope\"");
+    free(out);
+    out = feed_whole("GET http://example.com HTTP/1.1\r\nHost: e\r\n\r\n", NULL);
+    CHECK_CONTAINS(out, "HTTP/1.1 200 "); /* "/" is the browser client */
+    free(out);
+    out = feed_whole("POST http://e/api/v1/debug/echo?a=b HTTP/1.1\r\nHost: e\r\nContent-Length: 2\r\n\r\nhi", NULL);
+    CHECK_CONTAINS(out, "\"body\":\"hi\"");
+    free(out);
+
+    /* a chunk whose size passes max_body_bytes (4096): 413 at its header */
+    check_refused("POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "ffffffffffffffff\r\n",
+                  "HTTP/1.1 413 ", "PAYLOAD_TOO_LARGE");
+    {
+        /* 2048 bytes fit; a next chunk of 2049 does not: refused at its size line */
+        static char req[4096];
+        strcpy(req, "POST /api/v1/debug/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n");
+        size_t l = strlen(req);
+        memset(req + l, 'd', 2048);
+        strcpy(req + l + 2048, "\r\n801\r\n");
+        check_refused(req, "HTTP/1.1 413 ", "PAYLOAD_TOO_LARGE");
+    }
+    teardown();
+}
+
 static void test_connection_close_and_http10(void)
 {
     setup();
     int closing;
-    char *out = feed_whole("GET /health HTTP/1.1\r\nConnection: close\r\n\r\nGET /health HTTP/1.1\r\n\r\n", &closing);
+    char *out = feed_whole("GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /health HTTP/1.1\r\nHost: t\r\n\r\n", &closing);
     CHECK_EQ_INT(count(out, "HTTP/1.1 200"), 1); /* nothing after close is answered */
     CHECK_CONTAINS(out, "Connection: close\r\n");
     CHECK(closing);
@@ -314,7 +388,7 @@ static void test_connection_close_and_http10(void)
     CHECK(!closing);
     free(out);
     /* HEAD: headers with the GET length, no body */
-    out = feed_whole("HEAD /health HTTP/1.1\r\n\r\n", &closing);
+    out = feed_whole("HEAD /health HTTP/1.1\r\nHost: t\r\n\r\n", &closing);
     CHECK(strncmp(out, "HTTP/1.1 200 ", 13) == 0);
     CHECK(strstr(out, "\r\n\r\n") && strstr(out, "\r\n\r\n")[4] == '\0');
     free(out);
@@ -324,13 +398,13 @@ static void test_connection_close_and_http10(void)
 static void test_request_id(void)
 {
     setup();
-    char *out = feed_whole("GET /nope HTTP/1.1\r\nX-Request-Id: my-id.1\r\n\r\n", NULL);
+    char *out = feed_whole("GET /nope HTTP/1.1\r\nHost: t\r\nX-Request-Id: my-id.1\r\n\r\n", NULL);
     /* normalize() blanks ids; check the raw form through a second path */
     free(out);
     cl_conn *c = cl_conn_new(g_w);
     cl_http1_attach(c);
-    const char *req = "GET /nope HTTP/1.1\r\nX-Request-Id: my-id.1\r\n\r\n"
-                      "GET /nope HTTP/1.1\r\nX-Request-Id: bad id!\r\n\r\n";
+    const char *req = "GET /nope HTTP/1.1\r\nHost: t\r\nX-Request-Id: my-id.1\r\n\r\n"
+                      "GET /nope HTTP/1.1\r\nHost: t\r\nX-Request-Id: bad id!\r\n\r\n";
     c->proto->on_data(c, req, strlen(req));
     const char *raw = cl_buf_cstr(&c->out);
     CHECK_CONTAINS(raw, "X-Request-Id: my-id.1\r\n");
@@ -342,4 +416,5 @@ static void test_request_id(void)
 }
 
 CL_TEST_MAIN(test_simple_get, test_pipelined_in_order, test_chunked_body, test_expect_continue,
-             test_limits, test_malformed, test_connection_close_and_http10, test_request_id)
+             test_limits, test_malformed, test_protocol_edges, test_connection_close_and_http10,
+             test_request_id)

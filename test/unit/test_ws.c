@@ -401,28 +401,28 @@ static void test_handshake_errors(void)
     struct {
         const char *req, *status, *needle;
     } cases[] = {
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
          "HTTP/1.1 400 ", "Sec-WebSocket-Version"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
          "HTTP/1.1 426 ", "\r\nSec-WebSocket-Version: 13\r\n"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Sec-WebSocket-Key is missing"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Sec-WebSocket-Key must be 16 bytes"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!==\r\nSec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Sec-WebSocket-Key must be 16 bytes"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Upgrade must be"},
-        {"GET /ws HTTP/1.1\r\nConnection: close\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Upgrade must be"},
-        {"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: close\r\n"
+        {"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: close\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
          "HTTP/1.1 400 ", "Connection must include"},
         {"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -443,7 +443,7 @@ static void test_handshake_errors(void)
     reset_events();
     cl_conn *c = cl_conn_new(g_w);
     cl_http1_attach(c);
-    const char *ff = "GET /ws HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n"
+    const char *ff = "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n"
                      "Sec-WebSocket-Key:  dGhlIHNhbXBsZSBub25jZQ== \r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n";
     c->proto->on_data(c, ff, strlen(ff));
@@ -669,21 +669,32 @@ static void test_oversized(void)
     result_free(&ok);
     cl_buf_release(&b);
 
+    const char *too_big = "101 close(1009,message is larger than max_ws_message_bytes)";
     cl_buf_reset(&f);
     frame_ex(&f, 1, OP_TEXT, big, 1001, 1);
-    expect_failure(&f, "101 close(1009,)", 1009);
+    expect_failure(&f, too_big, 1009);
     /* over the limit only in total: two fragments */
     cl_buf_reset(&f);
     frame_ex(&f, 0, OP_TEXT, big, 600, 1);
     frame_ex(&f, 1, OP_CONT, big, 401, 1);
-    expect_failure(&f, "101 close(1009,)", 1009);
-    /* A header announcing 2^40 bytes is refused before anything is
-     * allocated for it — once its first payload byte arrives: wslay checks
-     * the length when it has payload to hand out, not at the header. */
+    expect_failure(&f, too_big, 1009);
+    /* ... refused at the continuation's header, before its payload */
     cl_buf_reset(&f);
-    const uint8_t huge[] = {0x81, 0xff, 0, 0, 1, 0, 0, 0, 0, 0, 1, 2, 3, 4, 'x'};
+    frame_ex(&f, 0, OP_TEXT, big, 600, 1);
+    const uint8_t cont_head[] = {0x80, 0x80 | 126, 0x01, 0x91}; /* 401 bytes announced */
+    cl_buf_append(&f, cont_head, sizeof cont_head);
+    expect_failure(&f, too_big, 1009);
+    /* A header announcing 2^40 bytes is refused as soon as its length is
+     * in: no payload byte, not even the mask key, has to follow (wslay
+     * alone would wait for payload). */
+    cl_buf_reset(&f);
+    const uint8_t huge[] = {0x81, 0xff, 0, 0, 1, 0, 0, 0, 0, 0};
     cl_buf_append(&f, huge, sizeof huge);
-    expect_failure(&f, "101 close(1009,)", 1009);
+    expect_failure(&f, too_big, 1009);
+    cl_buf_reset(&f);
+    const uint8_t huge_x[] = {0x81, 0xff, 0, 0, 1, 0, 0, 0, 0, 0, 1, 2, 3, 4, 'x'};
+    cl_buf_append(&f, huge_x, sizeof huge_x);
+    expect_failure(&f, too_big, 1009);
     cl_buf_release(&f);
     teardown();
 }
@@ -719,6 +730,10 @@ static void test_binary_refused(void)
     frame_ex(&f, 0, OP_BIN, "\x01\x02\x03", 3, 1);
     frame_ex(&f, 1, OP_CONT, "\x01\x02\x03", 3, 1);
     expect_failure(&f, "101 close(1003,binary messages are not accepted)", 1003);
+    /* at its header: nothing of a binary payload is waited for */
+    cl_buf_reset(&f);
+    cl_buf_append(&f, "\x82\xff\x00\x00\x00\x01\x00\x00\x00\x00", 10);
+    expect_failure(&f, "101 close(1003,binary messages are not accepted)", 1003);
     cl_buf_release(&f);
     teardown();
 }
@@ -728,31 +743,60 @@ static void test_protocol_errors(void)
     setup();
     cl_buf f;
     cl_buf_init(&f, 0);
-    /* unmasked client frame */
+    /* Every protocol error closes with 1002 in the close frame, at the
+     * header: the payload need not arrive. */
+    /* unmasked client frame, with its payload and without */
     frame_ex(&f, 1, OP_TEXT, "hi", 2, 0);
-    expect_failure(&f, "101 close(1002,)", 1002);
+    expect_failure(&f, "101 close(1002,client frames must be masked)", 1002);
+    cl_buf_reset(&f);
+    cl_buf_append(&f, "\x81\x05", 2);
+    expect_failure(&f, "101 close(1002,client frames must be masked)", 1002);
     /* a continuation with nothing to continue */
     cl_buf_reset(&f);
     frame(&f, 1, OP_CONT, "x");
-    expect_failure(&f, "101 close(1002,)", 1002);
+    expect_failure(&f, "101 close(1002,continuation frame without a message to continue)", 1002);
     /* a new message inside a fragmented one */
     cl_buf_reset(&f);
     frame(&f, 0, OP_TEXT, "a");
     frame(&f, 1, OP_TEXT, "b");
-    expect_failure(&f, "101 close(1002,)", 1002);
-    /* reserved opcode */
+    expect_failure(&f, "101 close(1002,new message inside a fragmented one)", 1002);
+    /* reserved opcodes, data and control, header only */
     cl_buf_reset(&f);
     frame(&f, 1, 3, "x");
-    expect_failure(&f, "101 close(1002,)", 1002);
+    expect_failure(&f, "101 close(1002,reserved opcode)", 1002);
+    cl_buf_reset(&f);
+    cl_buf_append(&f, "\x8b\x85", 2);
+    expect_failure(&f, "101 close(1002,reserved opcode)", 1002);
     /* RSV1 without an extension */
     cl_buf_reset(&f);
     frame(&f, 1, OP_TEXT, "x");
     f.data[0] |= 0x40;
-    expect_failure(&f, "101 close(1002,)", 1002);
-    /* a fragmented ping: wslay fails the frame layer and sends an empty close */
+    expect_failure(&f, "101 close(1002,reserved bits set without an extension)", 1002);
+    /* a fragmented ping, or one over 125 bytes (wslay alone would send a
+     * close without a code for these) */
+    const char *bad_ctrl = "101 close(1002,control frames must be whole and at most 125 bytes)";
     cl_buf_reset(&f);
     frame(&f, 0, OP_PING, "x");
-    expect_failure(&f, "101 close()", 1002);
+    expect_failure(&f, bad_ctrl, 1002);
+    cl_buf_reset(&f);
+    cl_buf_append(&f, "\x89\xfe\x00\x7e", 4);
+    expect_failure(&f, bad_ctrl, 1002);
+    /* a length not in its shortest form */
+    cl_buf_reset(&f);
+    cl_buf_append(&f, "\x81\xfe\x00\x05\x01\x02\x03\x04hello", 13);
+    expect_failure(&f, "101 close(1002,frame length not in its shortest form)", 1002);
+    /* good frames before the bad one are still delivered */
+    cl_buf b;
+    cl_buf_init(&b, 0);
+    cl_buf_append_str(&b, HANDSHAKE);
+    frame(&b, 1, OP_TEXT, "first");
+    cl_buf_append(&b, "\x81\x05", 2);
+    result r = feed_whole(b.data, b.len);
+    CHECK_EQ_STR(r.log, "[first]");
+    CHECK_EQ_STR(r.desc, "101 close(1002,client frames must be masked)");
+    check_every_split(b.data, b.len, &r);
+    result_free(&r);
+    cl_buf_release(&b);
     /* a close with a code nobody may send */
     cl_buf_reset(&f);
     close_frame(&f, 1005, "");
@@ -1196,7 +1240,7 @@ static void test_upgrade_refused_by_plain_route(void)
 {
     setup();
     cl_router_add(g_w->router, "GET", "/plain", route_plain);
-    const char *req = "GET /plain HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    const char *req = "GET /plain HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     for (int same_read = 0; same_read < 2; same_read++) {
         cl_conn *c = cl_conn_new(g_w);
         cl_http1_attach(c);
@@ -1207,7 +1251,7 @@ static void test_upgrade_refused_by_plain_route(void)
             cl_buf_append_str(&b, "\x81\x85garbage");
         c->proto->on_data(c, b.data, b.len);
         if (!c->closing)
-            c->proto->on_data(c, "GET / HTTP/1.1\r\n\r\n", 18);
+            c->proto->on_data(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 18);
         CHECK(c->out.len > 17 && memcmp(c->out.data, "HTTP/1.1 200 OK\r\n", 17) == 0);
         CHECK(c->closing || c->close_after_write);
         CHECK(!cl_ws_is_ws_proto(c));
