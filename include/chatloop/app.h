@@ -39,19 +39,31 @@ cl_app *cl_app_current(void);
 typedef enum { CL_AUTH_ENVELOPE, CL_AUTH_OPENAI } cl_auth_style;
 
 /**
- * Authenticates the caller from `Authorization: Bearer <JWT>` (HS256,
- * jwt_secret), or takes the local user when auth = off. On success fills
- * r->user_id and returns 1; otherwise answers 401 UNAUTHORIZED (in the
- * envelope, or in OpenAI's error format) and returns 0. Synchronous: a JWT
- * check is one HMAC.
+ * Guard classes for cl_router_add_guarded: the caller must present a valid
+ * token — `Authorization: Bearer <JWT>` (HS256, jwt_secret), or for the
+ * WebSocket also ?token= — naming a user that exists; with auth = off every
+ * request acts as the local user. Refusals are 401 in the route's style:
+ * the envelope, or OpenAI's error format.
  */
-int cl_auth_check(cl_req *r, cl_auth_style style);
+enum { CL_GUARD_TOKEN = 1, CL_GUARD_TOKEN_OPENAI, CL_GUARD_TOKEN_WS };
 
-/** The token check itself, for callers whose token does not come from the
- *  Authorization header (the WebSocket's ?token=). 1 with user_id filled,
- *  or 0 with `why`. */
+/**
+ * The worker hooks behind the guards (cl_app_hooks). guard_head checks
+ * the token when a request head is complete, before its body is read;
+ * guard_dispatch checks it (if not done yet) and that its user exists — a
+ * per-worker cache of users seen within the last 5 s, else one lookup —
+ * then runs the handler with r->user_id, r->token_exp set.
+ */
+int cl_auth_guard_head(cl_req *r, int guard);
+void cl_auth_guard_dispatch(cl_req *r, int guard, void (*fn)(cl_req *r));
+/** Drops a user from this worker's cache (its next request looks it up). */
+void cl_auth_forget_user(const char *user_id);
+
+/** The token check itself, for tokens that arrive another way (the
+ *  WebSocket's `auth` message). 1 with user_id (and *exp, unix seconds,
+ *  0 with auth = off) filled, or 0 with `why`. */
 int cl_auth_token_user(const cl_config *cfg, const char *tok, size_t len, char user_id[37],
-                       char *why, size_t whylen);
+                       int64_t *exp, char *why, size_t whylen);
 
 /** Answers DB_UNAVAILABLE (503) and returns 0 when the database is down or
  *  not configured; returns 1 otherwise. For handlers that need it. */

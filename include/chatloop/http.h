@@ -73,13 +73,19 @@ struct cl_req {
     int refuse_status;              /* 0 = not refused */
     int refuse_code;                /* a cl_err_code */
     const char *refuse_message;     /* static text */
+    void (*refuse_answer)(cl_req *r); /* writes the refusal itself (a guard's 401), or NULL */
 
     uint64_t start_ns;              /* first byte of the request */
     int status;                     /* of the response */
     uint64_t resp_bytes;
     char request_id[CL_REQUEST_ID_LEN + 1];
 
-    char user_id[37];               /* the authenticated caller (cl_auth_check), or "" */
+    char user_id[37];               /* the authenticated caller (guarded routes), or "" */
+    uint8_t authed;                 /* user_id holds a verified caller */
+    int64_t token_exp;              /* the caller's token expiry (unix s), 0: none */
+    char auth_error[96];            /* why the credentials were refused */
+    void (*handler)(cl_req *r);     /* a guarded route's handler, run once the guard passes */
+    uint8_t guard;                  /* its guard class, while the guard works */
 
     /** Fires when the connection closes before the response ends. */
     void (*on_abort)(cl_req *req);

@@ -21,6 +21,7 @@ typedef enum { CL_ROUTE_FOUND = 0, CL_ROUTE_NOT_FOUND = 404, CL_ROUTE_BAD_METHOD
 
 typedef struct cl_route_match {
     cl_handler_fn fn;
+    int guard;                      /* the route's guard class, 0 for none */
     const char *pattern;
     int nparams;
     cl_path_param params[CL_MAX_PATH_PARAMS];
@@ -32,6 +33,15 @@ void cl_router_free(cl_router *r);
 /** Adds a route; method is "GET", "POST", ... Returns 0, or -1 for a bad
  *  pattern (too many params, empty segment) or out of memory. */
 int cl_router_add(cl_router *r, const char *method, const char *pattern, cl_handler_fn fn);
+/**
+ * Adds a route whose requests must pass guard class `guard` (> 0) first.
+ * The program's worker hooks give the classes their meaning (chatloop's
+ * are credentials: see cl_auth_guard_head in app.h): guard_head runs when
+ * the request head is complete — before any body byte is read — and
+ * guard_dispatch instead of `fn` when the message is complete.
+ */
+int cl_router_add_guarded(cl_router *r, const char *method, const char *pattern, cl_handler_fn fn,
+                          int guard);
 /** Matches method and path (path[0..len), no query). A GET route also
  *  answers HEAD. */
 cl_route_result cl_router_match(const cl_router *r, const char *method, const char *path,

@@ -14,6 +14,7 @@
 #include "chatloop/metrics.h"
 
 typedef struct cl_conn cl_conn;
+typedef struct cl_req cl_req;
 typedef struct cl_router cl_router;
 typedef struct cl_worker cl_worker;
 
@@ -35,6 +36,15 @@ typedef struct cl_worker_hooks {
     /** Extra work the drain must wait for besides open connections
      *  (e.g. queued database writes): a count, 0 when done. */
     uint64_t (*pending_work)(cl_worker *w);
+    /** A guarded route's request head is complete and a body follows
+     *  (none of it read yet): check the request's credentials. 1 goes on;
+     *  0 refuses: the hook has set r->refuse_status (and refuse_answer),
+     *  the answer goes out and the connection closes with the body unread.
+     *  Requests without a body are checked by guard_dispatch alone. */
+    int (*guard_head)(cl_req *r, int guard);
+    /** A guarded route's message is complete: run `fn` — now, or after an
+     *  asynchronous check — or answer the request instead. */
+    void (*guard_dispatch)(cl_req *r, int guard, void (*fn)(cl_req *r));
     /** GET /health: append the program's fields (`,"provider":{...}`) and
      *  return 0, or -1 when it is not ready (the answer is then 503). */
     int (*health)(cl_worker *w, cl_buf *out);

@@ -95,6 +95,8 @@ static int app_health(cl_worker *w, cl_buf *out)
 
 const cl_worker_hooks cl_app_hooks = {
     .health = app_health,
+    .guard_head = cl_auth_guard_head,
+    .guard_dispatch = cl_auth_guard_dispatch,
     .build_routes = cl_routes_build,
     .on_start = app_start,
     .on_stop = app_stop,

@@ -265,8 +265,6 @@ static int opt_string(cl_req *r, json_t *body, const char *field, const char **o
 
 static void conversation_create(cl_req *r)
 {
-    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
-        return;
     /* An empty body is an empty object: every field is optional. */
     json_t *body;
     if (r->body.len == 0) {
@@ -397,8 +395,6 @@ static int parse_cursor(char *s, char **us, char **id)
 
 static void conversation_list(cl_req *r)
 {
-    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
-        return;
     long limit = query_int(r, "limit", LIST_DEFAULT, 1, LIST_MAX);
     if (limit < 0)
         return;
@@ -449,8 +445,6 @@ static void got_one(void *ud, const cl_db_res *res)
 
 static void conversation_get(cl_req *r)
 {
-    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
-        return;
     char id[37];
     if (!path_id(r, id) || !cl_db_require(r))
         return;
@@ -482,8 +476,6 @@ static void deleted(void *ud, const cl_db_res *res)
 
 static void conversation_delete(cl_req *r)
 {
-    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
-        return;
     char id[37];
     if (!path_id(r, id) || !cl_db_require(r))
         return;
@@ -532,8 +524,6 @@ static void usage_done(void *ud, const cl_db_res *res)
 
 static void usage_get(cl_req *r)
 {
-    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
-        return;
     long days = query_int(r, "days", USAGE_DEFAULT_DAYS, 1, USAGE_MAX_DAYS);
     if (days < 0 || !cl_db_require(r))
         return;
@@ -546,10 +536,11 @@ static void usage_get(cl_req *r)
 int cl_conversation_routes(cl_router *r)
 {
     int rc = 0;
-    rc |= cl_router_add(r, "POST", "/api/v1/conversations", conversation_create);
-    rc |= cl_router_add(r, "GET", "/api/v1/conversations", conversation_list);
-    rc |= cl_router_add(r, "GET", "/api/v1/conversations/{id}", conversation_get);
-    rc |= cl_router_add(r, "DELETE", "/api/v1/conversations/{id}", conversation_delete);
-    rc |= cl_router_add(r, "GET", "/api/v1/usage", usage_get);
+    rc |= cl_router_add_guarded(r, "POST", "/api/v1/conversations", conversation_create, CL_GUARD_TOKEN);
+    rc |= cl_router_add_guarded(r, "GET", "/api/v1/conversations", conversation_list, CL_GUARD_TOKEN);
+    rc |= cl_router_add_guarded(r, "GET", "/api/v1/conversations/{id}", conversation_get, CL_GUARD_TOKEN);
+    rc |= cl_router_add_guarded(r, "DELETE", "/api/v1/conversations/{id}", conversation_delete,
+                                CL_GUARD_TOKEN);
+    rc |= cl_router_add_guarded(r, "GET", "/api/v1/usage", usage_get, CL_GUARD_TOKEN);
     return rc;
 }

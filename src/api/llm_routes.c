@@ -123,8 +123,6 @@ static void models_fetched(void *ud, int status, const char *body, size_t len)
 
 static void api_models(cl_req *r)
 {
-    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
-        return;
     cl_app *app = cl_app_current();
     if (!app->models && !(app->models = calloc(1, sizeof *app->models))) {
         cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
@@ -205,8 +203,6 @@ static const cl_llm_callbacks probe_callbacks = {.on_done = probe_done, .on_erro
 
 static void llm_test(cl_req *r)
 {
-    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
-        return;
     probe *p = calloc(1, sizeof *p);
     json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", "Reply with one word: pong");
     cl_llm_params params = {.has_max_tokens = 1, .max_tokens = 4};
@@ -267,8 +263,6 @@ static void verify_done(void *ud, int status, const char *body, size_t len)
 
 static void verify_key(cl_req *r)
 {
-    if (!cl_auth_check(r, CL_AUTH_ENVELOPE))
-        return;
     json_error_t jerr;
     json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
     if (!body) {
@@ -317,8 +311,8 @@ static void verify_key(cl_req *r)
 int cl_llm_routes(cl_router *r)
 {
     int rc = 0;
-    rc |= cl_router_add(r, "GET", "/api/v1/models", api_models);
-    rc |= cl_router_add(r, "GET", "/api/v1/llm/test", llm_test);
-    rc |= cl_router_add(r, "POST", "/api/v1/llm/verify-key", verify_key);
+    rc |= cl_router_add_guarded(r, "GET", "/api/v1/models", api_models, CL_GUARD_TOKEN);
+    rc |= cl_router_add_guarded(r, "GET", "/api/v1/llm/test", llm_test, CL_GUARD_TOKEN);
+    rc |= cl_router_add_guarded(r, "POST", "/api/v1/llm/verify-key", verify_key, CL_GUARD_TOKEN);
     return rc;
 }

@@ -298,8 +298,6 @@ static const cl_llm_callbacks relay_callbacks = {
 
 static void chat_completions(cl_req *r)
 {
-    if (!cl_auth_check(r, CL_AUTH_OPENAI))
-        return;
     cl_app *app = cl_app_current();
     json_error_t jerr;
     json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
@@ -373,8 +371,6 @@ static void models_done(void *ud, int status, const char *body, size_t len)
 
 static void models(cl_req *r)
 {
-    if (!cl_auth_check(r, CL_AUTH_OPENAI))
-        return;
     models_req *m = calloc(1, sizeof *m);
     if (!m) {
         openai_error(r, 500, "server_error", "out of memory", NULL, NULL);
@@ -394,9 +390,10 @@ static void models(cl_req *r)
 int cl_openai_routes(cl_router *r)
 {
     int rc = 0;
-    rc |= cl_router_add(r, "POST", "/v1/chat/completions", chat_completions);
-    rc |= cl_router_add(r, "POST", "/openai/v1/chat/completions", chat_completions);
-    rc |= cl_router_add(r, "GET", "/v1/models", models);
-    rc |= cl_router_add(r, "GET", "/openai/v1/models", models);
+    rc |= cl_router_add_guarded(r, "POST", "/v1/chat/completions", chat_completions, CL_GUARD_TOKEN_OPENAI);
+    rc |= cl_router_add_guarded(r, "POST", "/openai/v1/chat/completions", chat_completions,
+                                CL_GUARD_TOKEN_OPENAI);
+    rc |= cl_router_add_guarded(r, "GET", "/v1/models", models, CL_GUARD_TOKEN_OPENAI);
+    rc |= cl_router_add_guarded(r, "GET", "/openai/v1/models", models, CL_GUARD_TOKEN_OPENAI);
     return rc;
 }

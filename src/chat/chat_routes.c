@@ -172,7 +172,7 @@ static int wants_sse(cl_req *r)
 /* Common to both routes: auth, database, body; then the turn. */
 static void run_turn(cl_req *r, const char *conversation_id, int session_keyed)
 {
-    if (!cl_auth_check(r, CL_AUTH_ENVELOPE) || !cl_db_require(r))
+    if (!cl_db_require(r))
         return;
     if (conversation_id && !cl_uuid_valid(conversation_id)) {
         cl_api_error(r, CL_ERR_NOT_FOUND, "conversation not found", NULL, NULL);
@@ -253,7 +253,8 @@ static void post_chat(cl_req *r)
 int cl_chat_routes(cl_router *r)
 {
     int rc = 0;
-    rc |= cl_router_add(r, "POST", "/api/v1/conversations/{id}/messages", post_message);
-    rc |= cl_router_add(r, "POST", "/api/v1/chat", post_chat);
+    rc |= cl_router_add_guarded(r, "POST", "/api/v1/conversations/{id}/messages", post_message,
+                                CL_GUARD_TOKEN);
+    rc |= cl_router_add_guarded(r, "POST", "/api/v1/chat", post_chat, CL_GUARD_TOKEN);
     return rc;
 }

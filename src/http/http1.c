@@ -304,6 +304,22 @@ static int host_problem(const cl_req *r, const char **why)
     return 1;
 }
 
+/* A route that needs credentials checks them before its body is read: a
+ * stranger cannot make us buffer max_body_bytes for a request we would
+ * refuse anyway. */
+static int guard_refuses(cl_req *r)
+{
+    cl_worker *w = r->conn->w;
+    if (!w->hooks || !w->hooks->guard_head)
+        return 0;
+    cl_route_match m;
+    if (cl_router_match(w->router, llhttp_method_name(r->method), r->head.data, r->path_len, &m) !=
+            CL_ROUTE_FOUND ||
+        !m.guard)
+        return 0;
+    return !w->hooks->guard_head(r, m.guard);
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     cl_conn *c = p->data;
@@ -321,6 +337,8 @@ static int on_headers_complete(llhttp_t *p)
     int has_body = r->body_chunked || p->content_length > 0;
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > cfg->max_body_bytes)
         return refuse(r, 413, CL_ERR_PAYLOAD_TOO_LARGE, "request body is larger than max_body_bytes");
+    if (has_body && guard_refuses(r))
+        return -1; /* before any 100 Continue: the client must not send the body */
     if (cl_req_header(r, "expect", NULL)) {
         if (!header_is(r, "expect", "100-continue"))
             return refuse(r, 417, CL_ERR_INVALID_REQUEST, "only \"Expect: 100-continue\" is supported");
@@ -786,7 +804,10 @@ static void dispatch(cl_req *r)
     if (res == CL_ROUTE_FOUND) {
         r->nparams = m.nparams;
         memcpy(r->params, m.params, sizeof m.params);
-        m.fn(r);
+        if (m.guard && c->w->hooks && c->w->hooks->guard_dispatch)
+            c->w->hooks->guard_dispatch(r, m.guard, m.fn);
+        else
+            m.fn(r);
         return;
     }
     char msg[160];
@@ -830,6 +851,10 @@ static void refuse_and_close(cl_conn *c, llhttp_errno_t err)
     cl_metric_add(&c->w->metrics->http_parse_errors, 1);
     cl_conn_read_stop(c);
     assign_request_id(r);
+    if (r->refuse_answer) {
+        r->refuse_answer(r);
+        return;
+    }
     if (r->refuse_status) {
         cl_api_error_status(r, r->refuse_status, (cl_err_code)r->refuse_code, r->refuse_message,
                             NULL, NULL);

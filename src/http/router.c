@@ -19,6 +19,7 @@ typedef struct route {
     uint8_t seg_len[MAX_SEGMENTS];
     uint8_t is_param[MAX_SEGMENTS];
     cl_handler_fn fn;
+    int guard;
 } route;
 
 struct cl_router {
@@ -45,6 +46,12 @@ void cl_router_free(cl_router *r)
 
 int cl_router_add(cl_router *r, const char *method, const char *pattern, cl_handler_fn fn)
 {
+    return cl_router_add_guarded(r, method, pattern, fn, 0);
+}
+
+int cl_router_add_guarded(cl_router *r, const char *method, const char *pattern, cl_handler_fn fn,
+                          int guard)
+{
     if (pattern[0] != '/' || strlen(method) >= sizeof r->routes[0].method)
         return -1;
     if (r->n == r->cap) {
@@ -59,6 +66,7 @@ int cl_router_add(cl_router *r, const char *method, const char *pattern, cl_hand
     memset(rt, 0, sizeof *rt);
     strcpy(rt->method, method);
     rt->fn = fn;
+    rt->guard = guard;
     rt->pattern = strdup(pattern);
     rt->text = strdup(pattern);
     if (!rt->pattern || !rt->text)
@@ -164,6 +172,7 @@ cl_route_result cl_router_match(const cl_router *r, const char *method, const ch
         if (strcmp(rt->method, method) == 0 || (is_head && strcmp(rt->method, "GET") == 0)) {
             match_route(rt, nseg, seg, len, m);
             m->fn = rt->fn;
+            m->guard = rt->guard;
             m->pattern = rt->text;
             return CL_ROUTE_FOUND;
         }

@@ -22,6 +22,7 @@
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
+#include "chatloop/timeheap.h"
 #include "chatloop/turn.h"
 #include "chatloop/version.h"
 #include "chatloop/ws.h"
@@ -30,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 typedef struct chat chat;
 
@@ -46,6 +48,8 @@ typedef struct session {
 struct chat {
     cl_ws *ws;
     char user_id[37];
+    int64_t token_exp;          /* unix seconds; 0: never (auth = off) */
+    cl_theap_node expiry;       /* in g_expiries while token_exp is set */
     session *sessions;          /* running queries */
     int nsessions;
     int paused;                 /* upstreams held for a slow reader */
@@ -229,7 +233,110 @@ static const cl_turn_sink ws_sink = {
     .on_error = turn_error,
 };
 
+/* ---- token expiry ------------------------------------------------------------------ */
+
+/* Every socket's token expiry in one heap under one timer per worker (one
+ * loop per process): a timer per socket would cost an idle socket 150
+ * bytes. The deadlines are unix seconds, the clock tokens are written in. */
+static cl_theap g_expiries;
+static uv_timer_t g_expiry_timer;
+static int g_expiry_timer_ready;
+
+static void on_expiry_timer(uv_timer_t *t);
+
+static void expiry_arm(void)
+{
+    cl_theap_node *top = cl_theap_top(&g_expiries);
+    if (!g_expiry_timer_ready)
+        return;
+    if (!top) {
+        uv_timer_stop(&g_expiry_timer);
+        return;
+    }
+    int64_t now = (int64_t)time(NULL);
+    uint64_t ms = (int64_t)top->at > now ? (uint64_t)((int64_t)top->at - now) * 1000 : 0;
+    uv_timer_start(&g_expiry_timer, on_expiry_timer, ms, 0);
+}
+
+static void expiry_set(chat *ch, int64_t exp)
+{
+    ch->token_exp = exp;
+    if (exp <= 0) {
+        cl_theap_remove(&g_expiries, &ch->expiry);
+    } else {
+        if (!g_expiry_timer_ready) {
+            uv_timer_init(cl_app_current()->w->loop, &g_expiry_timer);
+            g_expiry_timer_ready = 1;
+        }
+        if (cl_theap_set(&g_expiries, &ch->expiry, (uint64_t)exp) != 0)
+            CL_ERROR("ws: out of memory tracking a token expiry; checked per message only");
+    }
+    expiry_arm();
+}
+
+/* The token is past its exp: the client hears why, and the socket closes
+ * with 1008 (its running queries are cancelled like any client that left). */
+static void token_expired(chat *ch)
+{
+    cl_theap_remove(&g_expiries, &ch->expiry);
+    ch->token_exp = 0;
+    send_error(ch, NULL, CL_ERR_UNAUTHORIZED,
+               "the token has expired; send {\"type\":\"auth\",\"token\":...} with a fresh one "
+               "before it does");
+    cl_ws_close(ch->ws, 1008, "token expired");
+}
+
+static void on_expiry_timer(uv_timer_t *t)
+{
+    (void)t;
+    int64_t now = (int64_t)time(NULL);
+    cl_theap_node *top;
+    while ((top = cl_theap_top(&g_expiries)) && (int64_t)top->at <= now) {
+        chat *ch = (chat *)((char *)top - offsetof(chat, expiry));
+        token_expired(ch);
+    }
+    expiry_arm();
+}
+
+static int token_valid_now(chat *ch)
+{
+    if (ch->token_exp && (int64_t)time(NULL) >= ch->token_exp) {
+        token_expired(ch);
+        return 0;
+    }
+    return 1;
+}
+
 /* ---- client messages ------------------------------------------------------------- */
+
+/* {"type":"auth","token":"..."}: a fresh token for the same user keeps a
+ * long-lived socket open past the first token's expiry. */
+static void on_auth(chat *ch, json_t *msg)
+{
+    const char *tok = json_string_value(json_object_get(msg, "token"));
+    if (!tok) {
+        send_error(ch, NULL, CL_ERR_INVALID_REQUEST, "'token' is required: a string");
+        return;
+    }
+    const cl_config *cfg = cl_app_current()->w->cfg;
+    char user_id[37], why[96];
+    int64_t exp = 0;
+    if (!cl_auth_token_user(cfg, tok, strlen(tok), user_id, &exp, why, sizeof why)) {
+        send_error(ch, NULL, CL_ERR_UNAUTHORIZED, why);
+        return;
+    }
+    if (strcmp(user_id, ch->user_id) != 0) {
+        send_error(ch, NULL, CL_ERR_FORBIDDEN, "the token is for another user than this socket's");
+        return;
+    }
+    expiry_set(ch, exp);
+    cl_buf *b = begin(ch, "authenticated", NULL);
+    cl_buf_append_str(b, ",\"user_id\":");
+    cl_jsonw_cstr(b, ch->user_id);
+    cl_buf_printf(b, ",\"expires_at\":%lld}", (long long)exp);
+    send_buf(ch);
+}
+
 
 static void on_query(chat *ch, json_t *msg)
 {
@@ -348,8 +455,13 @@ static void on_text(cl_ws *ws, const char *data, size_t len)
         return;
     }
     const char *type = json_string_value(json_object_get(msg, "type"));
-    if (!type)
-        send_error(ch, NULL, CL_ERR_INVALID_REQUEST, "'type' is required: query, cancel or ping");
+    if (!token_valid_now(ch)) {
+        /* closed: nothing more is run for this socket */
+    } else if (!type)
+        send_error(ch, NULL, CL_ERR_INVALID_REQUEST,
+                   "'type' is required: query, cancel, ping or auth");
+    else if (strcmp(type, "auth") == 0)
+        on_auth(ch, msg);
     else if (strcmp(type, "query") == 0)
         on_query(ch, msg);
     else if (strcmp(type, "cancel") == 0)
@@ -360,7 +472,7 @@ static void on_text(cl_ws *ws, const char *data, size_t len)
         send_buf(ch);
     } else {
         char m[160];
-        snprintf(m, sizeof m, "unknown type \"%.64s\": expected query, cancel or ping", type);
+        snprintf(m, sizeof m, "unknown type \"%.64s\": expected query, cancel, ping or auth", type);
         send_error(ch, NULL, CL_ERR_INVALID_REQUEST, m);
     }
     json_decref(msg);
@@ -377,6 +489,8 @@ static void on_open(cl_ws *ws)
     cl_jsonw_cstr(b, ch->user_id);
     cl_buf_append_str(b, ",\"server\":\"chatloop/" CL_VERSION "\"}");
     send_buf(ch);
+    if (ch->token_exp)
+        expiry_set(ch, ch->token_exp);
 }
 
 static void on_drain(cl_ws *ws)
@@ -402,6 +516,8 @@ static void on_close(cl_ws *ws, int code)
 {
     chat *ch = cl_ws_userdata(ws);
     (void)code;
+    cl_theap_remove(&g_expiries, &ch->expiry);
+    expiry_arm();
     /* the client is gone: every running turn stops, its partial answer
      * stored as cancelled */
     while (ch->sessions) {
@@ -421,47 +537,17 @@ static const cl_ws_handler chat_handler = {
     .on_shutdown = on_shutdown,
 };
 
-/* GET /ws/chat?token=JWT (or Authorization: Bearer): checked before the
- * upgrade, so a bad token is a plain 401. */
+/* GET /ws/chat?token=JWT (or Authorization: Bearer): the guard has checked
+ * the token and its user before the upgrade, so a bad one is a plain 401. */
 static void ws_chat(cl_req *r)
 {
-    const cl_config *cfg = r->conn->w->cfg;
-    char user_id[37];
-    char why[96] = "missing token: pass ?token=<JWT> or Authorization: Bearer <JWT>";
-    const char *tok = NULL;
-    size_t tlen = 0;
-    size_t qlen;
-    const char *q = cl_req_query(r, &qlen);
-    for (const char *p = q; p && p < q + qlen;) {
-        const char *amp = memchr(p, '&', (size_t)(q + qlen - p));
-        const char *end = amp ? amp : q + qlen;
-        if (end - p > 6 && memcmp(p, "token=", 6) == 0) {
-            tok = p + 6;
-            tlen = (size_t)(end - tok);
-        }
-        p = amp ? amp + 1 : end;
-    }
-    if (!tok) {
-        size_t hl;
-        const char *h = cl_req_header(r, "authorization", &hl);
-        if (h && hl > 7 && strncasecmp(h, "Bearer ", 7) == 0) {
-            tok = h + 7;
-            tlen = hl - 7;
-        }
-    }
-    int ok = cfg->auth == CL_AUTH_OFF || tok;
-    if (ok)
-        ok = cl_auth_token_user(cfg, tok ? tok : "", tlen, user_id, why, sizeof why);
-    if (!ok) {
-        cl_api_error(r, CL_ERR_UNAUTHORIZED, why, NULL, "WWW-Authenticate: Bearer\r\n");
-        return;
-    }
     chat *ch = calloc(1, sizeof *ch);
     if (!ch) {
         cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
         return;
     }
-    memcpy(ch->user_id, user_id, sizeof ch->user_id);
+    memcpy(ch->user_id, r->user_id, sizeof ch->user_id);
+    ch->token_exp = r->token_exp;
     if (!cl_ws_upgrade(r, &chat_handler, ch)) {
         /* the request was answered (400/426) */
         free(ch);
@@ -470,5 +556,5 @@ static void ws_chat(cl_req *r)
 
 int cl_ws_routes(cl_router *r)
 {
-    return cl_router_add(r, "GET", "/ws/chat", ws_chat);
+    return cl_router_add_guarded(r, "GET", "/ws/chat", ws_chat, CL_GUARD_TOKEN_WS);
 }
