@@ -75,6 +75,7 @@ typedef struct cl_config {
     uint64_t request_timeout_ms;    /* dispatched request without an answer started -> 504 */
     uint64_t header_timeout_ms;     /* whole request head must arrive within this */
     uint64_t body_timeout_ms;       /* gap allowed between body reads */
+    uint64_t body_total_timeout_ms; /* whole body must arrive within this */
     uint64_t keepalive_timeout_ms;  /* idle time between requests on one connection */
     uint64_t drain_timeout_ms;      /* SIGTERM: in-flight work gets this long */
     uint64_t ws_ping_interval_ms;
@@ -86,6 +87,7 @@ typedef struct cl_config {
     uint64_t max_request_line;      /* request-target length; above it -> 414 */
     uint64_t max_body_bytes;        /* above it -> 413 without reading the rest */
     uint64_t max_output_bytes;      /* per-connection queued output before the reader is dropped */
+    uint64_t max_buffered_bytes;    /* per worker: every byte held for clients (cl_conn_hold) */
     uint64_t max_ws_message_bytes;
     int max_message_chars;
     int history_messages;

@@ -55,6 +55,7 @@ struct cl_conn {
     cl_buf in;                  /* input held while the protocol is paused; empty otherwise */
     cl_buf out;                 /* queued output not yet handed to the kernel */
     cl_wbuf *inflight;          /* the one uv_write in flight, or NULL */
+    uint32_t held;              /* bytes held for this peer (body, message, output): the budget */
     cl_conn *prev, *next;       /* the worker's connection list */
     cl_conn *next_dirty;        /* the worker's flush list */
     uint32_t generation;        /* bumped on close; late completions compare it */
@@ -67,6 +68,7 @@ struct cl_conn {
     uint8_t eof : 1;
     uint8_t proto_busy : 1;     /* the protocol is inside its parse loop */
     uint8_t proto_paused : 1;   /* the protocol stopped reading (pipelining back-pressure) */
+    uint8_t held_released : 1;  /* dropped for the budget: its bytes already count as free */
     char peer[56];              /* "ip:port" for logs */
 };
 
@@ -77,9 +79,23 @@ cl_conn *cl_conn_new(cl_worker *w);
 /** Called by the worker's listener for each accepted socket. */
 void cl_conn_accept(cl_worker *w, uv_stream_t *server);
 
+/**
+ * The worker's budget for bytes held on behalf of clients (max_buffered_bytes):
+ * request bodies, partial WebSocket messages and queued output all count,
+ * each against the connection that made us hold them (c->held).
+ * cl_conn_hold reserves n more bytes for c; when that would pass the
+ * budget, the greediest connection (the one holding the most) is dropped
+ * to make room — c itself when it is the greediest, and then -1 is
+ * returned. cl_conn_unhold gives bytes back. A closing connection's
+ * bytes are given back by whoever releases them (conn.c for output).
+ */
+int cl_conn_hold(cl_conn *c, size_t n);
+void cl_conn_unhold(cl_conn *c, size_t n);
+
 /** Queues bytes for the peer. Returns 0, or -1 when the connection is closing
- *  or its queued output would pass max_output_bytes (it is then closed: a
- *  reader that slow is dropped, not buffered without bound). */
+ *  or its queued output would pass max_output_bytes or the worker's budget
+ *  (it is then closed: a reader that slow is dropped, not buffered without
+ *  bound). */
 int cl_conn_write(cl_conn *c, const void *data, size_t len);
 /** Bytes queued or in flight: producers pause above their high-water mark. */
 size_t cl_conn_pending_bytes(const cl_conn *c);
@@ -87,6 +103,9 @@ size_t cl_conn_pending_bytes(const cl_conn *c);
  *  unread request bytes are drained briefly so the peer sees our answer,
  *  not a reset). */
 void cl_conn_close_after_write(cl_conn *c);
+/** Drops the output queued and not yet in flight, giving its bytes back to
+ *  the budget (unit tests read the output from `out` and discard it). */
+void cl_conn_drop_output(cl_conn *c);
 /** Closes now; queued output is dropped. Safe to call repeatedly. */
 void cl_conn_close(cl_conn *c);
 

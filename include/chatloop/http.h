@@ -64,7 +64,8 @@ struct cl_req {
     uint32_t path_len;              /* the path part of the url, before '?' */
     cl_header_ref *headers;
     uint32_t nheaders, headers_cap;
-    cl_buf body;                    /* capped by max_body_bytes */
+    cl_buf body;                    /* capped by max_body_bytes; held against the budget */
+    uint64_t body_deadline_ms;      /* loop time by which the whole body must be in */
 
     cl_path_param params[CL_MAX_PATH_PARAMS];
     int nparams;

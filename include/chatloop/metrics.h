@@ -26,6 +26,7 @@ typedef _Atomic uint64_t cl_counter;
 typedef struct cl_metrics_slot {
     /* gauges */
     cl_counter connections_open;
+    cl_counter buffered_bytes;           /* held for clients (max_buffered_bytes) */
     /* counters */
     cl_counter connections_total;
     cl_counter connections_rejected;     /* over max_connections */
@@ -36,6 +37,7 @@ typedef struct cl_metrics_slot {
     cl_counter http_parse_errors;
     cl_counter header_timeouts;
     cl_counter slow_readers_dropped;
+    cl_counter budget_drops;             /* refused or dropped for max_buffered_bytes */
     cl_counter worker_restarts;          /* written by the supervisor */
     char pad[64];
 } cl_metrics_slot;

@@ -67,6 +67,7 @@ typedef struct cl_worker {
     cl_conn *conns;             /* every open connection, for draining */
     cl_conn *dirty;             /* connections with output to flush */
     uint64_t nconns;
+    uint64_t buffered;          /* bytes held for clients, all connections (max_buffered_bytes) */
     cl_router *router;
     const cl_worker_hooks *hooks;
     void *app;                  /* the program's per-worker state (hooks) */

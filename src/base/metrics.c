@@ -29,6 +29,7 @@ void cl_metrics_set_all(cl_metrics_slot *slots, int n)
 void cl_metrics_reset_gauges(cl_metrics_slot *slot)
 {
     atomic_store_explicit(&slot->connections_open, 0, memory_order_relaxed);
+    atomic_store_explicit(&slot->buffered_bytes, 0, memory_order_relaxed);
 }
 
 void cl_metrics_request(cl_metrics_slot *s, int status, double ms)
@@ -105,6 +106,12 @@ int cl_metrics_render(cl_buf *b)
     simple(b, "chatloop_slow_readers_dropped_total", "counter",
            "Connections closed because their queued output passed max_output_bytes.",
            SUM(slow_readers_dropped));
+    simple(b, "chatloop_buffered_bytes", "gauge",
+           "Bytes held for clients: request bodies, partial WebSocket messages, queued output.",
+           SUM(buffered_bytes));
+    simple(b, "chatloop_buffer_budget_drops_total", "counter",
+           "Requests refused or connections dropped because a worker passed max_buffered_bytes.",
+           SUM(budget_drops));
     simple(b, "chatloop_worker_restarts_total", "counter",
            "Workers restarted by the supervisor after dying.", SUM(worker_restarts));
     cl_buf_printf(b, "# HELP chatloop_workers Worker processes.\n# TYPE chatloop_workers gauge\n"

@@ -85,6 +85,7 @@ static void req_free(cl_req *r)
     if (!r)
         return;
     cl_worker *w = r->conn->w;
+    cl_conn_unhold(r->conn, r->body.len);
     cl_buf_release(&r->body);
     if (w->req_cache_len < REQ_CACHE_MAX && r->head.cap <= REQ_KEEP_HEAD &&
         r->headers_cap <= REQ_KEEP_HEADERS) {
@@ -348,8 +349,12 @@ static int on_headers_complete(llhttp_t *p)
         if (has_body && r->http_minor >= 1)
             cl_conn_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
-    if (has_body)
-        cl_conn_set_timeout(c, cfg->body_timeout_ms);
+    if (has_body) {
+        r->body_deadline_ms = uv_now(c->w->loop) + cfg->body_total_timeout_ms;
+        uint64_t first = cfg->body_timeout_ms < cfg->body_total_timeout_ms ? cfg->body_timeout_ms
+                                                                          : cfg->body_total_timeout_ms;
+        cl_conn_set_timeout(c, first);
+    }
     return 0;
 }
 
@@ -369,9 +374,24 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     cl_conn *c = p->data;
     cl_req *r = conn_req(c);
-    if (cl_buf_append(&r->body, at, len) != 0)
+    const cl_config *cfg = c->w->cfg;
+    uint64_t now = uv_now(c->w->loop);
+    if (now >= r->body_deadline_ms)
+        return refuse(r, 408, CL_ERR_REQUEST_TIMEOUT_HEAD,
+                      "request body did not arrive within body_total_timeout");
+    if (r->body.len + len > cfg->max_body_bytes)
         return refuse(r, 413, CL_ERR_PAYLOAD_TOO_LARGE, "request body is larger than max_body_bytes");
-    cl_conn_set_timeout(c, c->w->cfg->body_timeout_ms); /* body_timeout bounds the gap between reads */
+    if (cl_conn_hold(c, len) != 0)
+        return refuse(r, 503, CL_ERR_SERVICE_UNAVAILABLE,
+                      "the server is holding too much data for its clients (max_buffered_bytes); "
+                      "try again shortly");
+    if (cl_buf_append(&r->body, at, len) != 0) {
+        cl_conn_unhold(c, len);
+        return refuse(r, 413, CL_ERR_PAYLOAD_TOO_LARGE, "request body is larger than max_body_bytes");
+    }
+    /* body_timeout bounds the gap between reads, body_total_timeout the whole */
+    uint64_t left = r->body_deadline_ms - now;
+    cl_conn_set_timeout(c, left < cfg->body_timeout_ms ? left : cfg->body_timeout_ms);
     return 0;
 }
 
@@ -1008,8 +1028,10 @@ static void http1_on_timeout(cl_conn *c)
         return;
     }
     cl_metric_add(&c->w->metrics->header_timeouts, 1);
-    const char *what = r->head_done ? "request body did not arrive within body_timeout"
-                                    : "request head did not arrive within header_timeout";
+    const char *what = !r->head_done ? "request head did not arrive within header_timeout"
+                       : uv_now(c->w->loop) >= r->body_deadline_ms
+                           ? "request body did not arrive within body_total_timeout"
+                           : "request body did not arrive within body_timeout";
     CL_DEBUG("conn %s: %s", c->peer, what);
     r->keep_alive = 0;
     r->dispatched = 1;

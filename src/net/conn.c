@@ -11,6 +11,7 @@
 #include "chatloop/log.h"
 #include "chatloop/worker.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,6 +53,8 @@ static void on_close_handle(uv_handle_t *h)
     if (c->proto && c->proto->on_free)
         c->proto->on_free(c);
     cl_worker *w = c->w;
+    cl_conn_unhold(c, c->out.len);
+    assert(c->held == 0); /* every holder gave its bytes back by now */
     cl_buf_release(&c->out);
     cl_buf_release(&c->in);
     /* An in-flight write still owns its buffer; its callback (run with
@@ -60,6 +63,12 @@ static void on_close_handle(uv_handle_t *h)
     w->nconns--;
     cl_metric_sub(&w->metrics->connections_open, 1);
     cl_worker_maybe_stop(w);
+}
+
+void cl_conn_drop_output(cl_conn *c)
+{
+    cl_conn_unhold(c, c->out.len);
+    cl_buf_reset(&c->out);
 }
 
 void cl_conn_close(cl_conn *c)
@@ -177,6 +186,61 @@ static void mark_dirty(cl_conn *c)
     cl_worker_wake_flush(c->w);
 }
 
+/* The connection holding the most bytes, or NULL. O(connections): it runs
+ * only when the budget is exceeded, which drops that connection. */
+static cl_conn *greediest(cl_worker *w)
+{
+    cl_conn *g = NULL;
+    for (cl_conn *c = w->conns; c; c = c->next)
+        if (!c->closing && (!g || c->held > g->held))
+            g = c;
+    return g;
+}
+
+int cl_conn_hold(cl_conn *c, size_t n)
+{
+    cl_worker *w = c->w;
+    uint64_t max = w->cfg->max_buffered_bytes;
+    while (w->buffered + n > max) {
+        cl_conn *g = greediest(w);
+        if (!g || g == c || g->held <= c->held + n) {
+            CL_WARN("conn %s: the worker holds %llu bytes for its clients (max_buffered_bytes); "
+                    "refusing %zu more for the greediest peer",
+                    c->peer, (unsigned long long)w->buffered, n);
+            cl_metric_add(&w->metrics->budget_drops, 1);
+            return -1;
+        }
+        CL_WARN("conn %s: dropped, holding %u bytes while the worker is over max_buffered_bytes",
+                g->peer, g->held);
+        cl_metric_add(&w->metrics->budget_drops, 1);
+        cl_conn_close(g); /* its holders give the bytes back as it closes */
+        if (g->held) {
+            /* They do so only in its close callbacks: count them as free
+             * now, since nothing more is added to a closing connection. */
+            w->buffered -= g->held;
+            cl_metric_sub(&w->metrics->buffered_bytes, g->held);
+            g->held = 0;
+            g->held_released = 1;
+        }
+    }
+    c->held += (uint32_t)n;
+    w->buffered += n;
+    cl_metric_add(&w->metrics->buffered_bytes, n);
+    return 0;
+}
+
+void cl_conn_unhold(cl_conn *c, size_t n)
+{
+    if (c->held_released || n == 0)
+        return;
+    assert(n <= c->held);
+    if (n > c->held)
+        n = c->held;
+    c->held -= (uint32_t)n;
+    c->w->buffered -= n;
+    cl_metric_sub(&c->w->metrics->buffered_bytes, n);
+}
+
 size_t cl_conn_pending_bytes(const cl_conn *c)
 {
     return c->out.len + (c->inflight ? c->inflight->len : 0);
@@ -192,12 +256,19 @@ int cl_conn_write(cl_conn *c, const void *data, size_t len)
         cl_conn_close(c);
         return -1;
     }
+    if (cl_conn_hold(c, len) != 0) {
+        cl_metric_add(&c->w->metrics->slow_readers_dropped, 1);
+        cl_conn_close(c);
+        return -1;
+    }
     /* Most answers fit in 1 KiB: reserving it up front saves the doubling
      * reallocs of a buffer that starts small. */
     if (c->out.cap == 0 && cl_buf_reserve(&c->out, len > 1024 ? len : 1024) != 0)
         goto nomem;
-    if (cl_buf_append(&c->out, data, len) != 0)
+    if (cl_buf_append(&c->out, data, len) != 0) {
+        cl_conn_unhold(c, len);
         goto nomem;
+    }
     mark_dirty(c);
     return 0;
 nomem:
@@ -265,6 +336,7 @@ static void on_write(uv_write_t *req, int status)
 {
     cl_wbuf *wb = (cl_wbuf *)req;
     cl_conn *c = wb->conn;
+    cl_conn_unhold(c, wb->len);
     free(wb->data);
     free(wb);
     c->inflight = NULL;
@@ -291,6 +363,8 @@ static void start_write(cl_conn *c)
         return;
     uv_buf_t b = uv_buf_init(c->out.data, (unsigned int)c->out.len);
     int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n > 0)
+        cl_conn_unhold(c, (size_t)n);
     if (n == (int)c->out.len) {
         c->out.len = 0;
         drained(c);
@@ -318,6 +392,7 @@ static void start_write(cl_conn *c)
     c->inflight = wb;
     b = uv_buf_init(wb->data, (unsigned int)wb->len);
     if (uv_write(&wb->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
+        cl_conn_unhold(c, wb->len);
         free(wb->data);
         free(wb);
         c->inflight = NULL;

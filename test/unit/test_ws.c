@@ -337,7 +337,7 @@ static cl_conn *open_ws(void)
     c->proto->on_data(c, HANDSHAKE, strlen(HANDSHAKE));
     CHECK(cl_ws_is_ws_proto(c));
     CHECK(c->out.len > 12 && memcmp(c->out.data, "HTTP/1.1 101 ", 13) == 0);
-    cl_buf_reset(&c->out);
+    cl_conn_drop_output(c);
     return c;
 }
 
@@ -589,7 +589,7 @@ static void test_close_handshake(void)
     free(d);
     CHECK(!c->close_after_write);
     CHECK_EQ_INT(cl_ws_send_text(ws, "x", 1), -1);
-    cl_buf_reset(&c->out);
+    cl_conn_drop_output(c);
     cl_buf_reset(&b);
     frame(&b, 1, OP_TEXT, "crossing");  /* sent before the client saw our close */
     close_frame(&b, 1000, "done");
@@ -850,7 +850,7 @@ static void test_send_text_forms(void)
             CHECK(cl_ws__has_ctx(ws));
         }
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-            cl_buf_reset(&c->out);
+            cl_conn_drop_output(c);
             CHECK_EQ_INT(cl_ws_send_text(ws, payload, sizes[i]), 0);
             int op = 0;
             size_t hl = 0;
@@ -864,7 +864,7 @@ static void test_send_text_forms(void)
             CHECK_EQ_INT(cl_ws__has_ctx(ws), via_wslay);
         }
         if (via_wslay) {
-            cl_buf_reset(&c->out);
+            cl_conn_drop_output(c);
             c->proto->on_data(c, partial.data, partial.len);
             CHECK(!cl_ws__has_ctx(ws));
             CHECK_EQ_STR(cl_buf_cstr(&ev.log), "[pending]");
@@ -985,7 +985,7 @@ static void test_liveness_pings(void)
         d = out_desc(c);
         CHECK_EQ_STR(d, " ping()");
         free(d);
-        cl_buf_reset(&c->out);
+        cl_conn_drop_output(c);
         c->proto->on_data(c, pong.data, pong.len);
         CHECK(!cl_ws__has_ctx(cl_ws__of_conn(c)));
     }
@@ -1000,7 +1000,7 @@ static void test_liveness_pings(void)
     d = out_desc(c);
     CHECK_EQ_STR(d, " ping()");
     free(d);
-    cl_buf_reset(&c->out);
+    cl_conn_drop_output(c);
     c->proto->on_data(c, half.data + 4, half.len - 4);
     CHECK(!cl_ws__has_ctx(cl_ws__of_conn(c)));
     cl_buf_release(&half);
@@ -1010,7 +1010,7 @@ static void test_liveness_pings(void)
     d = out_desc(c);
     CHECK_EQ_STR(d, " ping() ping()");
     free(d);
-    cl_buf_reset(&c->out);
+    cl_conn_drop_output(c);
     c->proto->on_timeout(c);
     d = out_desc(c);
     CHECK_EQ_STR(d, " close(1008,no answer to ping)");
@@ -1043,7 +1043,7 @@ static void test_idle_timeout(void)
     char *d = out_desc(c);
     CHECK_EQ_STR(d, " ping()");
     free(d);
-    cl_buf_reset(&c->out);
+    cl_conn_drop_output(c);
     /* pongs keep a socket alive but do not make it busy */
     cl_buf_reset(&f);
     frame(&f, 1, OP_PONG, "");
@@ -1054,7 +1054,7 @@ static void test_idle_timeout(void)
     d = out_desc(c);
     CHECK_EQ_STR(d, " close(1000,idle)");
     free(d);
-    cl_buf_reset(&c->out);
+    cl_conn_drop_output(c);
     cl_buf_reset(&f);
     close_frame(&f, 1000, "idle");
     c->proto->on_data(c, f.data, f.len);
@@ -1117,7 +1117,7 @@ static void test_back_pressure(void)
     CHECK(cl_ws_congested(ws));
     CHECK_EQ_INT(cl_ws_pending(ws), 2 * 10004);
     /* the output reaches the kernel: on_drain, once */
-    cl_buf_reset(&c->out);
+    cl_conn_drop_output(c);
     c->proto->on_drained(c);
     c->proto->on_drained(c);
     CHECK_EQ_INT(ev.drains, 1);
@@ -1289,6 +1289,7 @@ static void test_idle_memory(void)
         cl_ws_send_text(cl_ws__of_conn(c), "{\"type\":\"pong\"}", 15);
         CHECK(!cl_ws__has_ctx(cl_ws__of_conn(c)));
         /* the output reached the kernel: conn.c releases the buffer */
+        cl_conn_drop_output(c);
         cl_buf_release(&c->out);
     }
     size_t m2 = mallinfo2().uordblks;
