@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -167,6 +168,7 @@ static void on_chld(int sig)
 
 static pid_t spawn_worker(const cl_config *cfg, int id, cl_metrics_slot *slots, sigset_t *oldmask)
 {
+    pid_t supervisor_pid = getpid();
     pid_t pid = fork();
     if (pid != 0)
         return pid;
@@ -176,6 +178,12 @@ static pid_t spawn_worker(const cl_config *cfg, int id, cl_metrics_slot *slots, 
     signal(SIGCHLD, SIG_DFL);
     signal(SIGPIPE, SIG_IGN);
     sigprocmask(SIG_SETMASK, oldmask, NULL);
+    /* A supervisor that dies (kill -9) must not leave workers serving the
+     * port on their own: each drains as on SIGTERM. The check after the
+     * prctl closes the window where the parent died before it. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != supervisor_pid)
+        raise(SIGTERM);
     char who[16];
     snprintf(who, sizeof who, "w%d", id);
     cl_log_setup(cfg->log_level, cfg->log_format, who);

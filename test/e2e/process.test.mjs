@@ -248,3 +248,24 @@ test('a restarted worker that cannot bind its port stops the supervisor with a n
   }
   assert.deepEqual(await s.stop(), { code: 1, signal: null });
 });
+
+test('the supervisor killed with SIGKILL: its workers drain and exit on their own (no orphans serving the port)', async () => {
+  const s = await start({ workers: 2, drainTimeout: '2s' });
+  const pids = new Set();
+  for (let i = 0; i < 20 && pids.size < 2; i++) pids.add((await get(s.port, '/health')).json().pid);
+  assert.equal(pids.size, 2, 'both workers answered');
+  process.kill(s.pid, 'SIGKILL');
+  await s.waitExit(5000, 'supervisor exit');
+  const alive = (pid) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const t0 = Date.now();
+  while ([...pids].some(alive) && Date.now() - t0 < 5000) await sleep(50);
+  assert.deepEqual([...pids].filter(alive), [], `workers still running ${Date.now() - t0} ms after the supervisor died`);
+  await assert.rejects(get(s.port, '/health', { timeout: 1000 }), 'nothing serves the port any more');
+});
