@@ -11,7 +11,22 @@ export CHATLOOP_MOCK_BIN="$here/$BUILD/chatloop-mock"
 passed=0
 failed=0
 log_dir="$(mktemp -d)"
-trap 'rm -rf "$log_dir"' EXIT
+pg_dir=""
+cleanup() {
+  if [ -n "$pg_dir" ]; then bash scripts/pg-local.sh stop "$pg_dir" >/dev/null 2>&1 || true; rm -rf "$pg_dir"; fi
+  rm -rf "$log_dir"
+}
+trap cleanup EXIT
+
+# The unit tests of code that talks to PostgreSQL (the turn) get a real
+# throwaway cluster of their own: CHATLOOP_TEST_DATABASE_URL.
+pg_dir="$(mktemp -d /tmp/chatloop-unit-pg-XXXXXX)"
+pg_port=$(( 20000 + RANDOM % 20000 ))
+if PG_FAST=1 bash scripts/pg-local.sh start "$pg_dir" "$pg_port" >"$log_dir/pg.log" 2>&1; then
+  export CHATLOOP_TEST_DATABASE_URL="$(bash scripts/pg-local.sh url "$pg_dir" "$pg_port")"
+else
+  echo "note: no PostgreSQL for the unit tests ($(tail -1 "$log_dir/pg.log")); the tests that need one fail"
+fi
 
 echo "== unit tests ($BUILD)"
 for t in "$BUILD"/test/test_*; do
