@@ -91,6 +91,7 @@ struct cl_req {
     /** Fires when the connection closes before the response ends. */
     void (*on_abort)(cl_req *req);
     void *handler_data;
+    void (*deferred_cancel)(void *state); /* cl_req_defer */
     cl_req *next_cached;            /* the worker's request cache */
 };
 
@@ -145,6 +146,21 @@ void cl_res_end(cl_req *r);
  * off that clock; cl_res_start does it too.
  */
 void cl_req_clear_deadline(cl_req *r);
+
+/**
+ * A request answered later, after asynchronous work (a query, an upstream
+ * call, a hash): cl_req_defer gives the request `size` zeroed bytes of
+ * handler state, owned by the request from now on. If the client leaves
+ * before the answer, `cancel(state)` runs — it stops the pending work so
+ * that its callback never fires — and the state is freed. When the work
+ * completes, cl_req_resume(state) takes the request back and frees the
+ * state (read what you need from it first); answer the request then.
+ * cl_req_defer returns NULL after answering 500 when out of memory.
+ */
+void *cl_req_defer(cl_req *r, size_t size, void (*cancel)(void *state));
+/** The request a deferred state belongs to (valid until it is resumed). */
+cl_req *cl_req_of(void *state);
+cl_req *cl_req_resume(void *state);
 
 /** Standard reason phrase. */
 const char *cl_http_reason(int status);

@@ -24,6 +24,7 @@
 #include "chatloop/api.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
+#include "chatloop/json_body.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
@@ -39,8 +40,8 @@
 #define PASSWORD_MIN 8          /* characters (code points) */
 #define PASSWORD_MAX 1024
 
+/* The request's state while a step is pending (cl_req_defer owns it). */
 typedef struct auth_op {
-    cl_req *req;
     int kdf_admitted;           /* holds a place in g_kdf_waiting (see kdf_admit) */
     cl_password_job *job;       /* the pending KDF step, or NULL */
     cl_db_query *q;             /* the pending query, or NULL */
@@ -80,36 +81,33 @@ static void kdf_release(auth_op *op)
     }
 }
 
-static void op_free(auth_op *op)
+/* What the op owns besides itself: its KDF place and the password copy. */
+static void op_release(auth_op *op)
 {
-    if (!op)
-        return;
     kdf_release(op);
     if (op->password) {
         explicit_bzero(op->password, op->password_len);
         free(op->password);
+        op->password = NULL;
     }
-    free(op);
 }
 
-static void op_abort(cl_req *r)
+/* The client left: both cancels guarantee the callback will not run; the
+ * KDF may still finish on its thread, and its job frees itself then. */
+static void op_cancel(void *state)
 {
-    auth_op *op = r->handler_data;
-    /* Both cancels guarantee the callback will not run; the KDF may still
-     * finish on its thread, and its job frees itself then. */
+    auth_op *op = state;
     cl_password_cancel(op->job);
     cl_db_cancel(op->q);
-    op_free(op);
+    op_release(op);
 }
 
-/* Ends the op: the req is answered right after by the caller. */
+/* Ends the op (read what you need from it first): the req is answered
+ * right after by the caller. */
 static cl_req *op_finish(auth_op *op)
 {
-    cl_req *r = op->req;
-    r->on_abort = NULL;
-    r->handler_data = NULL;
-    op_free(op);
-    return r;
+    op_release(op);
+    return cl_req_resume(op);
 }
 
 /* ---- input ------------------------------------------------------------------- */
@@ -136,21 +134,9 @@ static void field_error(cl_req *r, const char *field, const char *message)
  * Returns the parsed body (owning the strings) or NULL after answering. */
 static json_t *read_credentials(cl_req *r, int strict, const char **email, const char **password)
 {
-    json_error_t jerr;
-    json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
-    if (!body) {
-        char msg[300];
-        snprintf(msg, sizeof msg, "invalid JSON in the request body at line %d column %d: %s",
-                 jerr.line, jerr.column, jerr.text);
-        cl_api_error(r, CL_ERR_INVALID_REQUEST, msg, NULL, NULL);
+    json_t *body = cl_api_json_body(r, 0);
+    if (!body)
         return NULL;
-    }
-    if (!json_is_object(body)) {
-        json_decref(body);
-        cl_api_error(r, CL_ERR_INVALID_REQUEST, "the request body must be a JSON object", NULL,
-                     NULL);
-        return NULL;
-    }
     const char *e = json_string_value(json_object_get(body, "email"));
     size_t elen = e ? strlen(e) : 0;
     const char *at = e ? strrchr(e, '@') : NULL;
@@ -184,17 +170,12 @@ static json_t *read_credentials(cl_req *r, int strict, const char **email, const
 
 static auth_op *op_new(cl_req *r, const char *email)
 {
-    auth_op *op = calloc(1, sizeof *op);
-    if (!op) {
-        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+    auth_op *op = cl_req_defer(r, sizeof *op, op_cancel);
+    if (!op)
         return NULL;
-    }
-    op->req = r;
     op->kdf_admitted = 1; /* the caller ran kdf_admit just before */
     g_kdf_waiting++;
     snprintf(op->email, sizeof op->email, "%s", email);   /* length checked: fits */
-    r->handler_data = op;
-    r->on_abort = op_abort;
     return op;
 }
 

@@ -31,6 +31,7 @@
 #include "chatloop/api.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
+#include "chatloop/json_body.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
 
@@ -52,53 +53,40 @@
 
 /* ---- one pending query per request --------------------------------------------- */
 
+/* What a handler keeps across its query (cl_req_defer owns it). */
 typedef struct pending {
-    cl_req *req;
     cl_db_query *q;
     int limit;                  /* list: page size */
     int has_agent;              /* create: an agent_id was given */
     char id[37];                /* the path id, for answers that echo it */
 } pending;
 
-static void pending_abort(cl_req *r)
+static void pending_cancel(void *state)
 {
-    pending *p = r->handler_data;
+    pending *p = state;
     cl_db_cancel(p->q);         /* its callback will not run */
-    free(p);
 }
 
-/* Runs one query for r; `cb` gets the pending (with ->req still attached).
- * Answers and returns NULL if the query cannot be queued. */
+/* Runs one query for r; `cb` gets the pending (see take). Answers and
+ * returns NULL if the query cannot be queued. */
 static pending *run(cl_req *r, const char *sql, int n, const char *const *params, cl_db_cb cb)
 {
-    pending *p = calloc(1, sizeof *p);
-    if (!p) {
-        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+    pending *p = cl_req_defer(r, sizeof *p, pending_cancel);
+    if (!p)
         return NULL;
-    }
-    p->req = r;
-    r->handler_data = p;
-    r->on_abort = pending_abort;
     p->q = cl_db_exec(cl_app_current()->db, sql, n, params, 0, cb, p);
     if (!p->q) {
-        r->on_abort = NULL;
-        r->handler_data = NULL;
-        free(p);
-        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+        cl_api_error(cl_req_resume(p), CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
         return NULL;
     }
     return p;
 }
 
-/* Detaches the req from the finished query; the caller answers it. The
- * pending itself is freed by the caller once it has read what it needs. */
+/* The query finished: the request back, the pending freed (read what you
+ * need from it first). */
 static cl_req *take(pending *p)
 {
-    cl_req *r = p->req;
-    r->on_abort = NULL;
-    r->handler_data = NULL;
-    p->q = NULL;
-    return r;
+    return cl_req_resume(p);
 }
 
 static void not_found(cl_req *r)
@@ -216,7 +204,6 @@ static void created(void *ud, const cl_db_res *res)
     pending *p = ud;
     int has_agent = p->has_agent;
     cl_req *r = take(p);
-    free(p);
     if (!res->ok) {
         /* 23503 with an agent: it was deleted between the check and the
          * insert (without one, the caller's user row is gone: a 500). */
@@ -266,26 +253,9 @@ static int opt_string(cl_req *r, json_t *body, const char *field, const char **o
 static void conversation_create(cl_req *r)
 {
     /* An empty body is an empty object: every field is optional. */
-    json_t *body;
-    if (r->body.len == 0) {
-        body = json_object();
-    } else {
-        json_error_t jerr;
-        body = json_loadb(r->body.data, r->body.len, 0, &jerr);
-        if (!body) {
-            char msg[300];
-            snprintf(msg, sizeof msg, "invalid JSON in the request body at line %d column %d: %s",
-                     jerr.line, jerr.column, jerr.text);
-            cl_api_error(r, CL_ERR_INVALID_REQUEST, msg, NULL, NULL);
-            return;
-        }
-    }
-    if (!json_is_object(body)) {
-        json_decref(body);
-        cl_api_error(r, CL_ERR_INVALID_REQUEST, "the request body must be a JSON object", NULL,
-                     NULL);
+    json_t *body = cl_api_json_body(r, 1);
+    if (!body)
         return;
-    }
     const char *title, *agent_id, *system_prompt, *model;
     if (opt_string(r, body, "title", &title) || opt_string(r, body, "agent_id", &agent_id) ||
         opt_string(r, body, "system_prompt", &system_prompt) ||
@@ -349,7 +319,6 @@ static void listed(void *ud, const cl_db_res *res)
     pending *p = ud;
     int limit = p->limit;
     cl_req *r = take(p);
-    free(p);
     if (!res->ok) {
         cl_db_error_reply(r, res, "list conversations");
         return;
@@ -434,7 +403,6 @@ static void got_one(void *ud, const cl_db_res *res)
 {
     pending *p = ud;
     cl_req *r = take(p);
-    free(p);
     if (!res->ok)
         cl_db_error_reply(r, res, "get conversation");
     else if (cl_db_rows(res) != 1)
@@ -460,7 +428,6 @@ static void deleted(void *ud, const cl_db_res *res)
     char id[37];
     memcpy(id, p->id, sizeof id);
     cl_req *r = take(p);
-    free(p);
     if (!res->ok) {
         cl_db_error_reply(r, res, "delete conversation");
         return;
@@ -514,7 +481,6 @@ static void usage_done(void *ud, const cl_db_res *res)
 {
     pending *p = ud;
     cl_req *r = take(p);
-    free(p);
     if (!res->ok || cl_db_rows(res) != 1) {
         cl_db_error_reply(r, res, "usage");
         return;

@@ -7,6 +7,7 @@
  *                                buffers and one curl header list only)
  */
 #include "chatloop/app.h"
+#include "chatloop/json_body.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
@@ -151,16 +152,14 @@ static void api_models(cl_req *r)
 /* ---- GET /api/v1/llm/test ------------------------------------------------------- */
 
 typedef struct probe {
-    cl_req *req;
     cl_llm_call *call;
     uint64_t t0;
 } probe;
 
-static void probe_abort(cl_req *r)
+static void probe_cancel(void *state)
 {
-    probe *p = r->handler_data;
+    probe *p = state;
     cl_llm_cancel(p->call);
-    free(p);
 }
 
 static void probe_done(void *ud, const cl_llm_result *res, const char *body, size_t len)
@@ -181,9 +180,8 @@ static void probe_done(void *ud, const cl_llm_result *res, const char *body, siz
     cl_buf_append_str(&b, ",\"usage\":");
     cl_llm_usage_json(&res->usage, &b);
     cl_buf_append_char(&b, '}');
-    cl_api_ok(p->req, 200, "the provider answered", cl_buf_cstr(&b));
+    cl_api_ok(cl_req_resume(p), 200, "the provider answered", cl_buf_cstr(&b));
     cl_buf_release(&b);
-    free(p);
 }
 
 static void probe_error(void *ud, cl_err_code code, const char *message, int status,
@@ -195,60 +193,51 @@ static void probe_error(void *ud, cl_err_code code, const char *message, int sta
     char details[96];
     snprintf(details, sizeof details, "{\"upstream_status\":%d,\"latency_ms\":%.3f}", status,
              (double)(uv_hrtime() - p->t0) / 1e6);
-    cl_api_error(p->req, code, message, details, NULL);
-    free(p);
+    cl_api_error(cl_req_resume(p), code, message, details, NULL);
 }
 
 static const cl_llm_callbacks probe_callbacks = {.on_done = probe_done, .on_error = probe_error};
 
 static void llm_test(cl_req *r)
 {
-    probe *p = calloc(1, sizeof *p);
     json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", "Reply with one word: pong");
     cl_llm_params params = {.has_max_tokens = 1, .max_tokens = 4};
     json_t *body = msgs ? cl_llm_build_request(r->conn->w->cfg, msgs, &params) : NULL;
     json_decref(msgs);
-    if (!p || !body) {
-        free(p);
-        json_decref(body);
+    if (!body) {
         cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
         return;
     }
-    p->req = r;
+    probe *p = cl_req_defer(r, sizeof *p, probe_cancel);
+    if (!p) {
+        json_decref(body);
+        return;
+    }
     p->t0 = uv_hrtime();
-    r->handler_data = p;
-    r->on_abort = probe_abort;
     p->call = cl_llm_start(cl_app_current()->llm, body, &probe_callbacks, p);
     json_decref(body);
-    if (!p->call) {
-        r->on_abort = NULL;
-        free(p);
-        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "cannot start the test call", NULL, NULL);
-    }
+    if (!p->call)
+        cl_api_error(cl_req_resume(p), CL_ERR_PROCESSING_ERROR, "cannot start the test call", NULL,
+                     NULL);
 }
 
 /* ---- POST /api/v1/llm/verify-key -------------------------------------------------- */
 
 typedef struct verify {
-    cl_req *req;
     cl_llm_get *get;
 } verify;
 
-static void verify_abort(cl_req *r)
+static void verify_cancel(void *state)
 {
-    verify *v = r->handler_data;
+    verify *v = state;
     cl_llm_get_cancel(v->get);
-    free(v);
 }
 
 static void verify_done(void *ud, int status, const char *body, size_t len)
 {
-    verify *v = ud;
-    cl_req *r = v->req;
+    cl_req *r = cl_req_resume(ud);
     (void)body;
     (void)len;
-    r->on_abort = NULL;
-    free(v);
     if (status == 200) {
         cl_api_ok(r, 200, "the key is valid", "{\"valid\":true}");
     } else if (status == 401 || status == 403) {
@@ -263,18 +252,12 @@ static void verify_done(void *ud, int status, const char *body, size_t len)
 
 static void verify_key(cl_req *r)
 {
-    json_error_t jerr;
-    json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
-    if (!body) {
-        char msg[300];
-        snprintf(msg, sizeof msg, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
-                 jerr.text);
-        cl_api_error(r, CL_ERR_INVALID_REQUEST, msg, NULL, NULL);
+    json_t *body = cl_api_json_body(r, 0);
+    if (!body)
         return;
-    }
     json_t *key = json_object_get(body, "api_key");
     const char *k = json_string_value(key);
-    if (!json_is_object(body) || !k || !*k || strlen(k) > 512 || strpbrk(k, "\r\n")) {
+    if (!k || !*k || strlen(k) > 512 || strpbrk(k, "\r\n")) {
         json_decref(body);
         cl_api_error(r, CL_ERR_INVALID_REQUEST,
                      "'api_key' is required: a non-empty string of at most 512 characters",
@@ -290,22 +273,16 @@ static void verify_key(cl_req *r)
                      NULL, NULL);
         return;
     }
-    verify *v = calloc(1, sizeof *v);
+    verify *v = cl_req_defer(r, sizeof *v, verify_cancel);
     if (!v) {
         json_decref(body);
-        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
         return;
     }
-    v->req = r;
-    r->handler_data = v;
-    r->on_abort = verify_abort;
     v->get = cl_llm_models(app->llm, k, verify_done, v);
     json_decref(body);
-    if (!v->get) {
-        r->on_abort = NULL;
-        free(v);
-        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "cannot start the check", NULL, NULL);
-    }
+    if (!v->get)
+        cl_api_error(cl_req_resume(v), CL_ERR_PROCESSING_ERROR, "cannot start the check", NULL,
+                     NULL);
 }
 
 int cl_llm_routes(cl_router *r)

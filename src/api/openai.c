@@ -10,6 +10,7 @@
  */
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
+#include "chatloop/json_body.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
@@ -299,13 +300,10 @@ static const cl_llm_callbacks relay_callbacks = {
 static void chat_completions(cl_req *r)
 {
     cl_app *app = cl_app_current();
-    json_error_t jerr;
-    json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
+    char why[300];
+    json_t *body = cl_json_body_parse(r, 0, why, sizeof why);
     if (!body) {
-        char msg[300];
-        snprintf(msg, sizeof msg, "invalid JSON in the request body at line %d column %d: %s",
-                 jerr.line, jerr.column, jerr.text);
-        invalid(r, msg, NULL);
+        invalid(r, why, NULL);
         return;
     }
     if (validate(r, body) != 0) {
@@ -343,22 +341,18 @@ static void chat_completions(cl_req *r)
 /* ---- models --------------------------------------------------------------------- */
 
 typedef struct models_req {
-    cl_req *req;
     cl_llm_get *get;
 } models_req;
 
-static void models_abort(cl_req *r)
+static void models_cancel(void *state)
 {
-    models_req *m = r->handler_data;
+    models_req *m = state;
     cl_llm_get_cancel(m->get);
-    free(m);
 }
 
 static void models_done(void *ud, int status, const char *body, size_t len)
 {
-    models_req *m = ud;
-    cl_req *r = m->req;
-    r->on_abort = NULL;
+    cl_req *r = cl_req_resume(ud);
     if (status == 200)
         cl_res_send(r, 200, "application/json", NULL, body, len);
     else if (status >= 400 && status < 500 && len && body[0] == '{')
@@ -366,25 +360,16 @@ static void models_done(void *ud, int status, const char *body, size_t len)
     else
         openai_error(r, 502, "upstream_error", "the upstream did not answer /models", NULL,
                      "LLM_ERROR");
-    free(m);
 }
 
 static void models(cl_req *r)
 {
-    models_req *m = calloc(1, sizeof *m);
-    if (!m) {
-        openai_error(r, 500, "server_error", "out of memory", NULL, NULL);
+    models_req *m = cl_req_defer(r, sizeof *m, models_cancel);
+    if (!m)
         return;
-    }
-    m->req = r;
-    r->handler_data = m;
-    r->on_abort = models_abort;
     m->get = cl_llm_models(cl_app_current()->llm, NULL, models_done, m);
-    if (!m->get) {
-        r->on_abort = NULL;
-        free(m);
-        openai_error(r, 500, "server_error", "cannot ask the upstream", NULL, NULL);
-    }
+    if (!m->get)
+        openai_error(cl_req_resume(m), 500, "server_error", "cannot ask the upstream", NULL, NULL);
 }
 
 int cl_openai_routes(cl_router *r)

@@ -15,6 +15,7 @@
 #include "chatloop/api.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
+#include "chatloop/json_body.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
@@ -178,15 +179,9 @@ static void run_turn(cl_req *r, const char *conversation_id, int session_keyed)
         cl_api_error(r, CL_ERR_NOT_FOUND, "conversation not found", NULL, NULL);
         return;
     }
-    json_error_t jerr;
-    json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
-    if (!body) {
-        char msg[300];
-        snprintf(msg, sizeof msg, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
-                 jerr.text);
-        cl_api_error(r, CL_ERR_INVALID_REQUEST, msg, NULL, NULL);
+    json_t *body = cl_api_json_body(r, 0);
+    if (!body)
         return;
-    }
     cl_turn_input in;
     memset(&in, 0, sizeof in);
     int stream = 0;

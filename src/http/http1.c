@@ -19,6 +19,8 @@
 #include "chatloop/version.h"
 #include "chatloop/worker.h"
 
+#include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -603,6 +605,56 @@ void cl_res_send(cl_req *r, int status, const char *content_type, const char *ex
         r->resp_bytes += len;
     }
     end_request(r);
+}
+
+/* ---- deferred answers ------------------------------------------------------- */
+
+/* The state handed out by cl_req_defer follows this header in one block. */
+typedef struct deferred {
+    cl_req *req;
+    max_align_t align[];
+} deferred;
+
+static void deferred_abort(cl_req *r)
+{
+    deferred *d = r->handler_data;
+    void (*cancel)(void *) = r->deferred_cancel;
+    r->deferred_cancel = NULL;
+    if (cancel)
+        cancel(d->align);
+    free(d);
+}
+
+void *cl_req_defer(cl_req *r, size_t size, void (*cancel)(void *state))
+{
+    assert(!r->on_abort && !r->handler_data); /* one pending step at a time */
+    deferred *d = calloc(1, sizeof *d + size);
+    if (!d) {
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+        return NULL;
+    }
+    d->req = r;
+    r->handler_data = d;
+    r->deferred_cancel = cancel;
+    r->on_abort = deferred_abort;
+    return d->align;
+}
+
+cl_req *cl_req_of(void *state)
+{
+    return ((deferred *)((char *)state - offsetof(deferred, align)))->req;
+}
+
+cl_req *cl_req_resume(void *state)
+{
+    deferred *d = (deferred *)((char *)state - offsetof(deferred, align));
+    cl_req *r = d->req;
+    assert(r->handler_data == d);
+    r->on_abort = NULL;
+    r->handler_data = NULL;
+    r->deferred_cancel = NULL;
+    free(d);
+    return r;
 }
 
 void cl_req_clear_deadline(cl_req *r)
