@@ -385,3 +385,36 @@ test('a database that stops answering (backends frozen with SIGSTOP): the client
   await srv.stop();
   srv = null;
 });
+
+test('U+0000 in the model output: stored as U+FFFD instead of cutting the rest of the answer off', async () => {
+  const http = await import('node:http');
+  const chunk = (delta, finish = null, usage) =>
+    `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'nul-model', choices: usage ? [] : [{ index: 0, delta, finish_reason: finish }], ...(usage ? { usage } : {}) })}\n\n`;
+  const upstream = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(chunk({ role: 'assistant', content: '' }));
+      res.write(chunk({ content: 'before\u0000' }));
+      res.write(chunk({ content: 'after' }));
+      res.write(chunk({}, 'stop'));
+      res.write(chunk(null, null, { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 }));
+      res.end('data: [DONE]\n\n');
+    });
+  });
+  await new Promise((r) => upstream.listen(0, '127.0.0.1', r));
+  const baseUrl = `http://127.0.0.1:${upstream.address().port}/v1`;
+  try {
+    srv = await startChatServer({ baseUrl }, pg, { spoolDir: newSpoolDir() });
+    const u = await newUser(srv.port);
+    const r = await api(srv.port, 'POST', '/api/v1/chat', { token: u.token, body: { session_id: 'nul', message: 'say it' } });
+    const d = checkOkEnvelope(assert, r);
+    assert.equal(d.response, 'before\u0000after');
+    const stored = await rows('SELECT content FROM messages WHERE id = $1', [d.message_id]);
+    assert.deepEqual(stored, [{ content: 'before\uFFFDafter' }]);
+    await srv.stop();
+    srv = null;
+  } finally {
+    upstream.close();
+  }
+});
