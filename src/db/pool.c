@@ -426,6 +426,8 @@ void cl_db_spool(cl_db_query *q, void (*cb)(void *ud, int ok), void *ud)
 }
 
 static int adopt_record(void *ud, const char *sql, int nparams, const char *const *params);
+static cl_db_query *query_new(cl_db *db, const char *sql, int nparams, const char *const *params,
+                              int flags, cl_db_cb cb, void *ud);
 
 /* ---- socket watching ------------------------------------------------------------ */
 
@@ -980,13 +982,16 @@ static int build_conninfo(cl_db *db, char *err, size_t errlen)
 
 /* ---- public API ---------------------------------------------------------------------- */
 
+/* A record a previous process spooled: it was acknowledged, so it is
+ * queued whatever db_write_queue says (the queue only refuses new writes). */
 static int adopt_record(void *ud, const char *sql, int nparams, const char *const *params)
 {
     cl_db *db = ud;
-    cl_db_query *q = cl_db_exec(db, sql, nparams, params, CL_DB_DURABLE, NULL, NULL);
+    cl_db_query *q = query_new(db, sql, nparams, params, CL_DB_DURABLE, NULL, NULL);
     if (!q)
         return 1;
     q->spooled = 1; /* already in the file: settling it counts it off */
+    enqueue(db, q, 0);
     return 0;
 }
 
@@ -1115,16 +1120,10 @@ void cl_db_free(cl_db *db)
     }
 }
 
-cl_db_query *cl_db_exec(cl_db *db, const char *sql, int nparams, const char *const *params,
-                        int flags, cl_db_cb cb, void *ud)
+/* One allocation: the query, the parameter pointers, then the texts. */
+static cl_db_query *query_new(cl_db *db, const char *sql, int nparams, const char *const *params,
+                              int flags, cl_db_cb cb, void *ud)
 {
-    int durable = (flags & CL_DB_DURABLE) != 0;
-    if (durable && db->queued_durable + db->running_durable >= db->cfg->db_write_queue) {
-        CL_ERROR("database write queue is full (%d writes waiting): refusing a write",
-                 db->queued_durable + db->running_durable);
-        return NULL;
-    }
-    /* one allocation: the query, the parameter pointers, then the texts */
     size_t size = sizeof(cl_db_query) + (size_t)nparams * sizeof(char *) + strlen(sql) + 1;
     for (int i = 0; i < nparams; i++)
         if (params[i])
@@ -1152,6 +1151,21 @@ cl_db_query *cl_db_exec(cl_db *db, const char *sql, int nparams, const char *con
     }
     q->sql = p;
     memcpy(p, sql, strlen(sql) + 1);
+    return q;
+}
+
+cl_db_query *cl_db_exec(cl_db *db, const char *sql, int nparams, const char *const *params,
+                        int flags, cl_db_cb cb, void *ud)
+{
+    int durable = (flags & CL_DB_DURABLE) != 0;
+    if (durable && db->queued_durable + db->running_durable >= db->cfg->db_write_queue) {
+        CL_ERROR("database write queue is full (%d writes waiting): refusing a write",
+                 db->queued_durable + db->running_durable);
+        return NULL;
+    }
+    cl_db_query *q = query_new(db, sql, nparams, params, flags, cb, ud);
+    if (!q)
+        return NULL;
     if (!durable && db->up == 0 && db->ever_failed) {
         fail_later(q, 0, "database unavailable");
         return q;

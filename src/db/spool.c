@@ -185,13 +185,18 @@ typedef struct adopt_ctx {
     cl_spool_record_cb cb;
     void *ud;
     long n;
+    int refused;        /* the callback could not take a record */
 } adopt_ctx;
 
 static int count_adopted(void *ud, const char *sql, int nparams, const char *const *params)
 {
     adopt_ctx *a = ud;
+    if (a->cb && a->cb(a->ud, sql, nparams, params) != 0) {
+        a->refused = 1;
+        return 1;
+    }
     a->n++;
-    return a->cb ? a->cb(a->ud, sql, nparams, params) : 0;
+    return 0;
 }
 
 cl_spool *cl_spool_open(const char *dir, int worker_id, cl_spool_record_cb cb, void *ud,
@@ -214,9 +219,14 @@ cl_spool *cl_spool_open(const char *dir, int worker_id, cl_spool_record_cb cb, v
     struct stat st;
     if (stat(s->path, &st) == 0 && st.st_size > 0) {
         uint64_t good = 0;
-        adopt_ctx a = {cb, ud, 0};
+        adopt_ctx a = {cb, ud, 0, 0};
         if (cl_spool_read_file(s->path, count_adopted, &a, &good, err, errlen) < 0)
             goto fail;
+        if (a.refused) {
+            /* never cut records nobody took: the next start tries again */
+            snprintf(err, errlen, "cannot queue the records of %s again (out of memory)", s->path);
+            goto fail;
+        }
         s->outstanding = (int)a.n;
         s->size = good;
         if ((uint64_t)st.st_size != good && truncate(s->path, (off_t)good) != 0) {
