@@ -57,7 +57,6 @@ struct cl_conn {
     cl_wbuf *inflight;          /* the one uv_write in flight, or NULL */
     cl_conn *prev, *next;       /* the worker's connection list */
     cl_conn *next_dirty;        /* the worker's flush list */
-    uint32_t generation;        /* bumped on close; late completions compare it */
     uint8_t pending_closes;
     uint8_t closing : 1;
     uint8_t dirty : 1;
