@@ -58,7 +58,6 @@ struct cl_conn {
     uint32_t held;              /* bytes held for this peer (body, message, output): the budget */
     cl_conn *prev, *next;       /* the worker's connection list */
     cl_conn *next_dirty;        /* the worker's flush list */
-    uint32_t generation;        /* bumped on close; late completions compare it */
     uint8_t pending_closes;
     uint8_t closing : 1;
     uint8_t dirty : 1;

@@ -10,14 +10,14 @@
  *     the same Groq-format chunks an upstream would and feeds them through
  *     the same decoder, so everything above it is exercised for real.
  *
- * The call's state machine (src/llm/call.c):
+ * The call's state machine (src/llm/call.c; the table in llm_internal.h):
  *
- *   WAIT_RETRY ──timer──> REQUESTING ──first chunk──> STREAMING ──[DONE]──> DONE
- *        ^                    │ 429/498/5xx/connect error
- *        └────── backoff ─────┘ (before the first chunk only; then the next
- *                                 fallback model; then FAILED)
- *   any state ──cl_llm_cancel──> CANCELLED (no callback fires afterwards)
- *   any state ──timeout/error──> FAILED (on_error fires once)
+ *   NEW ──> REQUESTING ──first chunk──> STREAMING ──[DONE]──> DONE (on_done)
+ *              │   ^ timer
+ *              v   │      429/498/5xx/connect error before the first chunk:
+ *            WAIT_RETRY   backoff, then the next fallback model, then FAILED
+ *   any live state ──cl_llm_cancel──> CANCELLED (no callback fires afterwards)
+ *   any live state ──timeout/error──> FAILED (on_error fires once)
  *
  * Timeouts run on one loop timer per call: connect (curl), first chunk
  * (first_token_timeout), idle between chunks (idle_chunk_timeout, reset by

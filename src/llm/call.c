@@ -1,15 +1,17 @@
 /*
  * call.c — one completion request: attempts, retries with backoff, fallback
- * models, timeouts, and the curl transport. See llm.h for the state machine.
+ * models, timeouts, and the curl transport. The states and their table are
+ * in llm_internal.h; call_set_state below is the only writer of the state.
  *
  * Teardown is written once (call_release): stop the transport, unlink, close
- * both timers, free in the last close callback. Every path ends there:
- * success, failure, cancel, and cl_llm_free at worker exit.
+ * both timers, free in the last close callback. Every path ends there: the
+ * entry of DONE, FAILED and CANCELLED, and cl_llm_free at worker exit.
  */
 #include "llm_internal.h"
 
 #include "chatloop/log.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -23,8 +25,9 @@
 #define BACKOFF_MAX_MS 8000
 #define RETRY_AFTER_MAX_MS 60000
 
-static void start_attempt(cl_llm_call *c);
 static void arm_timeout(cl_llm_call *c);
+static void estimate_usage(cl_llm_call *c);
+static void on_retry_timer(uv_timer_t *t);
 
 uint64_t cl_llm__now(const cl_llm *llm)
 {
@@ -75,7 +78,6 @@ static void stop_transfer(cl_llm_call *c)
 static void call_release(cl_llm_call *c)
 {
     cl_llm *llm = c->llm;
-    c->state = CALL_FINISHED;
     stop_transfer(c);
     cl_llm__mock_stop(c);
     if (c->prev)
@@ -97,11 +99,90 @@ static void call_release(cl_llm_call *c)
     uv_close((uv_handle_t *)&c->mock_timer, on_call_closed);
 }
 
+/* ---- the state machine (llm_internal.h) ------------------------------------ */
+
+#define B(s) (1u << (s))
+/* Legal transitions: call_next[from] has bit `to` set. The final states
+ * have none: a call that ended never starts again. */
+static const unsigned call_next[CALL__COUNT] = {
+    [CALL_NEW] = B(CALL_REQUESTING) | B(CALL_CANCELLED),
+    [CALL_REQUESTING] = B(CALL_STREAMING) | B(CALL_WAIT_RETRY) | B(CALL_DONE) | B(CALL_FAILED) |
+                        B(CALL_CANCELLED),
+    [CALL_STREAMING] = B(CALL_DONE) | B(CALL_FAILED) | B(CALL_CANCELLED),
+    [CALL_WAIT_RETRY] = B(CALL_REQUESTING) | B(CALL_CANCELLED),
+    [CALL_DONE] = 0,
+    [CALL_FAILED] = 0,
+    [CALL_CANCELLED] = 0,
+};
+#undef B
+
+static const char *const call_names[CALL__COUNT] = {
+    "NEW", "REQUESTING", "STREAMING", "WAIT_RETRY", "DONE", "FAILED", "CANCELLED",
+};
+
+const char *cl_llm__call_state_name(call_state s)
+{
+    return (unsigned)s < CALL__COUNT ? call_names[s] : "?";
+}
+
+int cl_llm__call_legal(call_state from, call_state to)
+{
+    return (unsigned)from < CALL__COUNT && (unsigned)to < CALL__COUNT &&
+           (call_next[from] & (1u << to)) != 0;
+}
+
+static void enter_requesting(cl_llm_call *c);
+static void enter_wait_retry(cl_llm_call *c);
+static void enter_done(cl_llm_call *c);
+static void enter_failed(cl_llm_call *c);
+static void enter_cancelled(cl_llm_call *c);
+
+/* The one setter. Entry work may itself end the call (an attempt that
+ * cannot start fails it), so nothing follows the switch. */
+static void call_set_state(cl_llm_call *c, call_state to)
+{
+    call_state from = c->state;
+    assert(cl_llm__call_legal(from, to));
+    if (!cl_llm__call_legal(from, to)) {
+        CL_ERROR("llm call %llu: illegal transition %s -> %s", (unsigned long long)c->id,
+                 cl_llm__call_state_name(from), cl_llm__call_state_name(to));
+        return;
+    }
+    CL_DEBUG("llm call %llu: %s -> %s (model %s)", (unsigned long long)c->id,
+             cl_llm__call_state_name(from), cl_llm__call_state_name(to),
+             c->model_idx < c->nmodels ? c->models[c->model_idx] : "-");
+    c->state = to;
+    c->trail = c->trail << 4 | (uint32_t)to;
+    switch (to) {
+    case CALL_REQUESTING:
+        enter_requesting(c);
+        return;
+    case CALL_WAIT_RETRY:
+        enter_wait_retry(c);
+        return;
+    case CALL_DONE:
+        enter_done(c);
+        return;
+    case CALL_FAILED:
+        enter_failed(c);
+        return;
+    case CALL_CANCELLED:
+        enter_cancelled(c);
+        return;
+    default:
+        return; /* STREAMING: its only effect is that retries are over */
+    }
+}
+
 void cl_llm_cancel(cl_llm_call *c)
 {
-    if (!c || c->cancelled || c->state == CALL_FINISHED)
+    if (!c || cl_llm__call_over(c))
         return;
-    c->cancelled = 1;
+    call_set_state(c, CALL_CANCELLED);
+}
+
+static void enter_cancelled(cl_llm_call *c)
+{
     if (c->in_curl_cb) {
         /* curl is on the stack: the write callback returns an error and
          * the transfer's end (next info_read) releases the call. */
@@ -145,24 +226,42 @@ static void estimate_usage(cl_llm_call *c)
 
 void cl_llm__fail(cl_llm_call *c, cl_err_code code, const char *msg, int status, const char *body)
 {
-    if (c->state == CALL_FINISHED || c->cancelled)
+    if (cl_llm__call_over(c))
         return;
-    c->state = CALL_FINISHED;
+    c->end.code = code;
+    c->end.msg = msg;
+    c->end.status = status;
+    c->end.body = body;
+    c->end.len = 0;
+    call_set_state(c, CALL_FAILED);
+}
+
+static void enter_failed(cl_llm_call *c)
+{
     estimate_usage(c);
-    CL_DEBUG("llm call failed: %s (%s, upstream status %d)", msg, cl_err_name(code), status);
+    CL_DEBUG("llm call %llu failed: %s (%s, upstream status %d)", (unsigned long long)c->id,
+             c->end.msg, cl_err_name(c->end.code), c->end.status);
     if (c->cb.on_error)
-        c->cb.on_error(c->ud, code, msg, status, body, &c->result);
+        c->cb.on_error(c->ud, c->end.code, c->end.msg, c->end.status, c->end.body, &c->result);
+    c->end.msg = c->end.body = NULL; /* borrowed from cl_llm__fail's caller */
     call_release(c);
 }
 
 void cl_llm__finish_ok(cl_llm_call *c, const char *body, size_t len)
 {
-    if (c->state == CALL_FINISHED || c->cancelled)
+    if (cl_llm__call_over(c))
         return;
-    c->state = CALL_FINISHED;
+    c->end.body = body;
+    c->end.len = len;
+    call_set_state(c, CALL_DONE);
+}
+
+static void enter_done(cl_llm_call *c)
+{
     estimate_usage(c);
     if (c->cb.on_done)
-        c->cb.on_done(c->ud, &c->result, body, len);
+        c->cb.on_done(c->ud, &c->result, c->end.body, c->end.len);
+    c->end.body = NULL;
     call_release(c);
 }
 
@@ -194,7 +293,7 @@ static void on_retry_timer(uv_timer_t *t)
 {
     cl_llm_call *c = t->data;
     if (c->state == CALL_WAIT_RETRY)
-        start_attempt(c);
+        call_set_state(c, CALL_REQUESTING);
 }
 
 /* Before the first chunk: try again (same model, with backoff and jitter,
@@ -203,8 +302,8 @@ static void on_retry_timer(uv_timer_t *t)
 static int schedule_retry(cl_llm_call *c)
 {
     const cl_config *cfg = c->llm->cfg;
-    if (c->got_chunk)
-        return 0;
+    if (c->state != CALL_REQUESTING)
+        return 0; /* a chunk arrived: what streamed cannot be taken back */
     uint64_t delay;
     if (c->attempt < cfg->retries) {
         c->attempt++;
@@ -230,6 +329,13 @@ static int schedule_retry(cl_llm_call *c)
     uint64_t now = cl_llm__now(c->llm);
     if (now + delay >= c->start_ms + cfg->turn_timeout_ms)
         return 0;
+    c->retry_delay_ms = delay;
+    call_set_state(c, CALL_WAIT_RETRY);
+    return 1;
+}
+
+static void enter_wait_retry(cl_llm_call *c)
+{
     /* The failed attempt leaves nothing behind; its error body is only
      * needed when there is no next attempt. */
     stop_transfer(c);
@@ -238,9 +344,7 @@ static int schedule_retry(cl_llm_call *c)
     cl_sse_free(&c->sse);
     cl_sse_init(&c->sse, SSE_MAX_LINE);
     cl_buf_release(&c->resp);
-    c->state = CALL_WAIT_RETRY;
-    uv_timer_start(&c->timer, on_retry_timer, delay, 0);
-    return 1;
+    uv_timer_start(&c->timer, on_retry_timer, c->retry_delay_ms, 0);
 }
 
 /* ---- timeouts -------------------------------------------------------------- */
@@ -291,7 +395,7 @@ static void arm_timeout(cl_llm_call *c)
 static void on_content_delta(void *ud, const char *text, size_t len)
 {
     cl_llm_call *c = ud;
-    if (c->cb.on_content && !c->cancelled)
+    if (c->cb.on_content && !cl_llm__call_over(c))
         c->cb.on_content(c->ud, text, len);
 }
 
@@ -363,14 +467,14 @@ static int role_only(const char *d, size_t len)
 
 int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
 {
-    if (c->cancelled || c->state == CALL_FINISHED)
+    if (cl_llm__call_over(c))
         return -1;
     if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         c->done_seen = 1;
         return 0;
     }
-    c->got_chunk = 1;
-    c->state = CALL_STREAMING;
+    if (c->state == CALL_REQUESTING)
+        call_set_state(c, CALL_STREAMING);
     c->last_chunk_ms = cl_llm__now(c->llm);
     if (!c->got_token && !(c->nchunks_attempt++ == 0 && role_only(data, len))) {
         /* the first token: from now on the idle timeout applies, which may
@@ -387,7 +491,7 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
         c->skipped_chunks++;
         if (c->cb.on_chunk)
             c->cb.on_chunk(c->ud, data, len, 0);
-        return c->cancelled ? -1 : 0;
+        return cl_llm__call_over(c) ? -1 : 0;
     }
     /* A turn needs the text of every chunk: plain content chunks are read
      * by the scanner (a fraction of jansson's cost); the first chunk of an
@@ -395,11 +499,11 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
     if (!(scan & SCAN_DECODE) && c->result.chunks > 0 &&
         cl_llm_decode_plain_chunk(&c->result, data, len, on_content_delta, c) == CL_WIRE_OK) {
         c->scanned_chunks++;
-        if (c->cancelled)
+        if (cl_llm__call_over(c))
             return -1;
         if (c->cb.on_chunk)
             c->cb.on_chunk(c->ud, data, len, 0);
-        return c->cancelled ? -1 : 0;
+        return cl_llm__call_over(c) ? -1 : 0;
     }
     char err[200];
     int rc = cl_llm_decode_chunk(&c->result, data, len, on_content_delta, c, err, sizeof err);
@@ -410,11 +514,11 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
                  err);
         return -1;
     }
-    if (c->cancelled)
+    if (cl_llm__call_over(c))
         return -1;
     if (c->cb.on_chunk)
         c->cb.on_chunk(c->ud, data, len, (scan & SCAN_USAGE_ONLY) != 0);
-    return c->cancelled ? -1 : 0;
+    return cl_llm__call_over(c) ? -1 : 0;
 }
 
 /* ---- curl transport -------------------------------------------------------- */
@@ -457,7 +561,7 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
 {
     cl_llm_call *c = ud;
     size_t len = size * n;
-    if (c->cancelled)
+    if (cl_llm__call_over(c))
         return CURL_WRITEFUNC_ERROR;
     if (c->want_pause && !c->paused) {
         /* curl keeps these bytes and hands them over again on resume;
@@ -490,7 +594,7 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
         snprintf(c->fail_msg, sizeof c->fail_msg, "upstream sent an SSE line over %d bytes",
                  SSE_MAX_LINE);
     }
-    if (rc != 0 || c->cancelled)
+    if (rc != 0 || cl_llm__call_over(c))
         return CURL_WRITEFUNC_ERROR;
     return len;
 }
@@ -507,8 +611,8 @@ static void on_transfer_done(CURL *easy, CURLcode rc, void *ud)
 {
     cl_llm_call *c = ud;
     (void)easy;
-    if (c->cancelled) {
-        call_release(c);
+    if (c->state == CALL_CANCELLED) {
+        call_release(c); /* the cancel that came inside a curl callback */
         return;
     }
     if (!c->http_status)
@@ -522,9 +626,9 @@ static void on_transfer_done(CURL *easy, CURLcode rc, void *ud)
     }
     if (rc != CURLE_OK && !(status >= 300 && rc == CURLE_WRITE_ERROR)) {
         int connect_phase = status == 0;
-        if (!c->got_chunk && retryable_curl(rc) && schedule_retry(c))
+        if (retryable_curl(rc) && schedule_retry(c))
             return;
-        if (c->got_chunk)
+        if (c->state == CALL_STREAMING)
             snprintf(msg, sizeof msg, "upstream stream broke off: %s", curl_easy_strerror(rc));
         else
             snprintf(msg, sizeof msg, "upstream request failed: %s", curl_easy_strerror(rc));
@@ -624,10 +728,9 @@ static char *request_body(cl_llm_call *c)
     return body;
 }
 
-static void start_attempt(cl_llm_call *c)
+static void enter_requesting(cl_llm_call *c)
 {
     cl_llm *llm = c->llm;
-    c->state = CALL_REQUESTING;
     c->attempt_ms = cl_llm__now(llm);
     c->http_status = 0;
     c->retry_after_s = 0;
@@ -693,6 +796,7 @@ cl_llm_call *cl_llm_start_messages(cl_llm *llm, json_t *request, const char *mes
     c->cb = *cb;
     c->ud = ud;
     c->request = json_incref(request);
+    c->id = ++llm->next_call_id;
     cl_sse_init(&c->sse, SSE_MAX_LINE);
     cl_llm_result_init(&c->result);
     cl_buf_init(&c->resp, MAX_COMPLETION_BODY);
@@ -735,16 +839,14 @@ cl_llm_call *cl_llm_start_messages(cl_llm *llm, json_t *request, const char *mes
         s = comma + 1;
     }
     if (rc != 0) {
-        c->state = CALL_FINISHED;
-        call_release(c);
+        call_set_state(c, CALL_CANCELLED);
         return NULL;
     }
     c->in_start = 1;
-    start_attempt(c);
+    call_set_state(c, CALL_REQUESTING);
     c->in_start = 0;
     if (c->start_failed) {
-        c->state = CALL_FINISHED;
-        call_release(c);
+        call_set_state(c, CALL_CANCELLED);
         return NULL;
     }
     return c;
@@ -752,7 +854,7 @@ cl_llm_call *cl_llm_start_messages(cl_llm *llm, json_t *request, const char *mes
 
 void cl_llm_call_pause(cl_llm_call *c, int on)
 {
-    if (!c || c->state == CALL_FINISHED || c->cancelled)
+    if (!c || cl_llm__call_over(c))
         return;
     c->want_pause = on;
     if (on || !c->paused)
@@ -827,9 +929,11 @@ void cl_llm_free(cl_llm *llm)
         return;
     while (llm->calls) {
         cl_llm_call *c = llm->calls;
-        c->cancelled = 1;
-        c->in_curl_cb = 0;
-        call_release(c);
+        c->in_curl_cb = 0; /* the worker is stopping: no curl callback is on the stack */
+        if (cl_llm__call_over(c))
+            call_release(c); /* cancelled inside a curl callback; its transfer's end never comes */
+        else
+            call_set_state(c, CALL_CANCELLED);
     }
     while (llm->nidle)
         curl_easy_cleanup(llm->idle_easy[--llm->nidle]);

@@ -24,7 +24,6 @@ struct cl_curl_loop {
     uv_timer_t timer;
     int running;
     int closing;
-    int in_action;       /* inside curl_multi_socket_action: callbacks must not re-enter */
 };
 
 static void check_done(cl_curl_loop *cl)
@@ -50,12 +49,14 @@ static void check_done(cl_curl_loop *cl)
     }
 }
 
+/* No re-entrancy guard is needed here: nothing calls back into curl from
+ * curl's own callbacks (a 0 ms timeout becomes a timer, a cancel inside a
+ * write callback is deferred to the transfer's end: call.c's in_curl_cb),
+ * and `done` callbacks run from check_done, after the action returned. */
 static void socket_action(cl_curl_loop *cl, curl_socket_t fd, int flags)
 {
     int still;
-    cl->in_action = 1;
     curl_multi_socket_action(cl->multi, fd, flags, &still);
-    cl->in_action = 0;
     check_done(cl);
 }
 

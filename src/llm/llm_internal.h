@@ -10,12 +10,38 @@
 #include "chatloop/llm.h"
 #include "chatloop/sse.h"
 
+/*
+ * The call's states. One setter (call_set_state in call.c) checks each
+ * change against the table cl_llm__call_legal reads, logs it at debug level
+ * and runs the entry work of the new state; nothing else writes `state`.
+ *
+ *   NEW ──> REQUESTING ──first chunk──> STREAMING ──> DONE | FAILED
+ *            │   ^   └───(non-streamed, or [DONE] alone)──> DONE | FAILED
+ *  retryable │   │ backoff timer
+ *            v   │
+ *           WAIT_RETRY
+ *   any state but DONE and FAILED ──cancel──> CANCELLED
+ *
+ * Cancelled is a state, not a flag beside the state: "no callback may fire
+ * any more" then has one test (cl_llm__call_over) instead of two that every
+ * callback site had to remember, and the table forbids leaving it.
+ */
 typedef enum {
-    CALL_WAIT_RETRY,    /* backing off before the next attempt */
-    CALL_REQUESTING,    /* request sent, no chunk yet */
-    CALL_STREAMING,     /* at least one chunk arrived: no more retries */
-    CALL_FINISHED,      /* final callback fired; tearing down */
+    CALL_NEW,           /* allocated in cl_llm_start, no attempt yet */
+    CALL_REQUESTING,    /* an attempt is out and no chunk came yet: it may be retried */
+    CALL_STREAMING,     /* a chunk arrived: no more retries or fallbacks */
+    CALL_WAIT_RETRY,    /* the attempt failed before any chunk; the timer runs the backoff */
+    CALL_DONE,          /* final: entry fires on_done, then tears the call down */
+    CALL_FAILED,        /* final: entry fires on_error once, then tears the call down */
+    CALL_CANCELLED,     /* final, no callback: cl_llm_cancel, cl_llm_free, or a start
+                         * that failed inside cl_llm_start (which then returns NULL) */
+    CALL__COUNT
 } call_state;
+
+/** 1 when the table allows from -> to. */
+int cl_llm__call_legal(call_state from, call_state to);
+/** "REQUESTING", ...; "?" out of range. */
+const char *cl_llm__call_state_name(call_state s);
 
 struct cl_llm {
     uv_loop_t *loop;
@@ -27,6 +53,7 @@ struct cl_llm {
     char *auth_header;              /* "Authorization: Bearer ..." — secret, never logged */
     cl_llm_call *calls;             /* every live call, for cl_llm_free */
     int active;
+    uint64_t next_call_id;          /* names calls in debug lines */
     /* Easy handles kept for reuse: curl_easy_reset keeps a handle's
      * buffers, so a new request allocates (and faults in) nothing. */
     CURL *idle_easy[64];
@@ -42,7 +69,10 @@ struct cl_llm_call {
     size_t prompt_chars;            /* with messages_json: bytes of message text */
     cl_llm_callbacks cb;
     void *ud;
-    call_state state;
+    call_state state;               /* written only by call_set_state (call.c) */
+    uint32_t trail;                 /* states entered, 4 bits each, newest lowest (the
+                                     * last eight): the path, for tests and core dumps */
+    uint64_t id;
     int stream;
     int client_wants_usage;         /* stream_options.include_usage as the caller sent it */
 
@@ -54,7 +84,6 @@ struct cl_llm_call {
     uv_timer_t mock_timer;          /* the mock transport's pacing */
     int pending_closes;
     uint64_t start_ms, attempt_ms, last_chunk_ms;
-    int got_chunk;
     int got_token;                  /* a chunk beyond the role-only opening one */
     int nchunks_attempt;
     int done_seen;                  /* "[DONE]" arrived */
@@ -67,8 +96,17 @@ struct cl_llm_call {
     long http_status;
     double retry_after_s;           /* from the last answer's retry-after, or 0 */
     int in_curl_cb;                 /* inside a curl write/header callback */
-    int cancelled;                  /* cl_llm_cancel ran: no more callbacks */
     cl_buf resp;                    /* error body, or the non-streamed body */
+
+    /* what DONE's or FAILED's entry reports: set by cl_llm__finish_ok and
+     * cl_llm__fail just before the transition (borrowed, read only there) */
+    struct {
+        cl_err_code code;
+        const char *msg, *body;
+        size_t len;
+        int status;
+    } end;
+    uint64_t retry_delay_ms;        /* WAIT_RETRY's backoff, set before entering it */
 
     /* a failure found inside a curl callback, reported when the transfer ends */
     int fail_code;                  /* cl_err_code + 1, 0 = none */
@@ -85,6 +123,12 @@ struct cl_llm_call {
     int want_pause;                 /* the consumer is congested: hold the upstream */
     int paused;                     /* the transfer (or mock timer) is held */
 };
+
+/** The call ended (DONE, FAILED or CANCELLED): no callback may fire any more. */
+static inline int cl_llm__call_over(const cl_llm_call *c)
+{
+    return c->state == CALL_DONE || c->state == CALL_FAILED || c->state == CALL_CANCELLED;
+}
 
 /* call.c, for the transports: one decoded event of the stream ("[DONE]"
  * included). Returns 0, or -1 when the call failed or was cancelled. */

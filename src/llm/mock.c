@@ -35,7 +35,7 @@ static int emit(cl_llm_call *c, cl_buf *b)
 {
     int rc = cl_llm__on_event(c, b->data, b->len);
     cl_buf_reset(b);
-    if (c->state == CALL_FINISHED || c->cancelled)
+    if (cl_llm__call_over(c))
         return -1;
     if (rc != 0 || c->fail_code) {
         cl_llm__fail(c, c->fail_code ? (cl_err_code)(c->fail_code - 1) : CL_ERR_LLM_ERROR,
@@ -83,7 +83,7 @@ static int emit_end(cl_llm_call *c, cl_buf *b)
 static void on_mock_timer(uv_timer_t *t)
 {
     cl_llm_call *c = t->data;
-    if (c->state == CALL_FINISHED || c->cancelled)
+    if (cl_llm__call_over(c))
         return;
     if (c->want_pause) {
         c->paused = 1; /* cl_llm__mock_resume restarts the pacing */
@@ -105,7 +105,6 @@ static void on_mock_timer(uv_timer_t *t)
         c->result.usage.completion_tokens = c->mock_n;
         c->result.usage.total_tokens = c->mock_prompt_tokens + c->mock_n;
         c->result.usage.present = 1;
-        c->got_chunk = 1;
         cl_llm__finish_ok(c, NULL, 0);
         cl_buf_release(&b);
         return;

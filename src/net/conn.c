@@ -76,7 +76,6 @@ void cl_conn_close(cl_conn *c)
     if (c->closing)
         return;
     c->closing = 1;
-    c->generation++;
     unlink_conn(c);
     /* a dirty conn stays on the flush list; the flusher skips closing ones */
     c->pending_closes = 2;
