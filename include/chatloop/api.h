@@ -1,39 +1,17 @@
 /**
- * api.h — the /api/v1 envelope (SPEC §3) and the shared error codes.
+ * api.h — the /api/v1 envelope (SPEC §3).
  *
  *   {"success":true,"message":"...","data":{...},"metadata":{"request_id":"...","processing_ms":1.2}}
  *   {"success":false,"message":"...","data":null,"error":{"code":"...","details":{...}},"metadata":{...}}
  *
- * The same codes are used by SSE and WebSocket errors.
+ * The error codes (err.h) are shared with SSE and WebSocket errors.
  */
 #ifndef CHATLOOP_API_H
 #define CHATLOOP_API_H
 
 #include "chatloop/buf.h"
+#include "chatloop/err.h"
 #include "chatloop/http.h"
-
-typedef enum {
-    CL_ERR_INVALID_REQUEST,
-    CL_ERR_UNAUTHORIZED,
-    CL_ERR_FORBIDDEN,
-    CL_ERR_NOT_FOUND,
-    CL_ERR_METHOD_NOT_ALLOWED,
-    CL_ERR_REQUEST_TIMEOUT_HEAD,   /* 408: the request itself was too slow to arrive */
-    CL_ERR_PAYLOAD_TOO_LARGE,
-    CL_ERR_URI_TOO_LONG,
-    CL_ERR_HEADERS_TOO_LARGE,
-    CL_ERR_RATE_LIMITED,
-    CL_ERR_PROCESSING_ERROR,
-    CL_ERR_LLM_ERROR,
-    CL_ERR_DB_UNAVAILABLE,
-    CL_ERR_SERVICE_UNAVAILABLE,
-    CL_ERR_LLM_TIMEOUT,
-    CL_ERR_REQUEST_TIMEOUT,
-    CL_ERR__COUNT
-} cl_err_code;
-
-const char *cl_err_name(cl_err_code code);
-int cl_err_status(cl_err_code code);
 
 /** Writes a success envelope. `data_json` is a JSON value or NULL (null). */
 int cl_envelope_ok(cl_buf *b, const char *message, const char *data_json,

@@ -154,10 +154,6 @@ int cl_config_validate(const cl_config *cfg, char err[CL_ERRBUF]);
  */
 char *cl_config_dump(const cl_config *cfg);
 
-/** Copies a connection URL with its password replaced by "***" (both
- *  scheme://user:pw@host and "... password=pw ..." forms), for logs. */
-void cl_redact_url(const char *url, char *out, size_t outlen);
-
 /**
  * Reads one `--key value` or `--key=value` flag at argv[*i] (advancing *i
  * past a separate value) into key and *value. -1 with err for anything

@@ -36,7 +36,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "chatloop/api.h"
+#include "chatloop/err.h"
 #include "chatloop/config.h"
 #include "chatloop/llm_wire.h"
 

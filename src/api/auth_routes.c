@@ -28,6 +28,7 @@
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
+#include "chatloop/utf8.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -112,14 +113,6 @@ static cl_req *op_finish(auth_op *op)
 
 /* ---- input ------------------------------------------------------------------- */
 
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xC0) != 0x80;    /* jansson has checked the UTF-8 */
-    return n;
-}
-
 static void field_error(cl_req *r, const char *field, const char *message)
 {
     char details[64];
@@ -154,7 +147,7 @@ static json_t *read_credentials(cl_req *r, int strict, const char **email, const
         return NULL;
     }
     const char *p = json_string_value(json_object_get(body, "password"));
-    size_t pchars = p ? utf8_chars(p) : 0;
+    size_t pchars = p ? cl_utf8_chars(p) : 0;
     if (!p || pchars > PASSWORD_MAX || (strict ? pchars < PASSWORD_MIN : pchars == 0)) {
         json_decref(body);
         field_error(r, "password",

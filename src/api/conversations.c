@@ -34,6 +34,7 @@
 #include "chatloop/json_body.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
+#include "chatloop/utf8.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -181,14 +182,6 @@ static long query_int(cl_req *r, const char *name, long def, long min, long max)
     return n;
 }
 
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xC0) != 0x80;    /* jansson has checked the UTF-8 */
-    return n;
-}
-
 static int has_control(const char *s)
 {
     for (; *s; s++)
@@ -261,7 +254,7 @@ static void conversation_create(cl_req *r)
         opt_string(r, body, "system_prompt", &system_prompt) ||
         opt_string(r, body, "model", &model))
         goto done;
-    if (title && (utf8_chars(title) > TITLE_MAX_CHARS || has_control(title))) {
+    if (title && (cl_utf8_chars(title) > TITLE_MAX_CHARS || has_control(title))) {
         field_error(r, "title", "'title' must be at most 200 characters, without control characters");
         goto done;
     }
@@ -273,7 +266,7 @@ static void conversation_create(cl_req *r)
         field_error(r, "system_prompt", "'system_prompt' must be at most 32768 bytes");
         goto done;
     }
-    if (model && (!model[0] || utf8_chars(model) > MODEL_MAX_CHARS || has_control(model))) {
+    if (model && (!model[0] || cl_utf8_chars(model) > MODEL_MAX_CHARS || has_control(model))) {
         field_error(r, "model",
                     "'model' must be a non-empty string of at most 128 characters, "
                     "without control characters");

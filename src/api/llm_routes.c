@@ -6,6 +6,7 @@
  *                                logged or stored (it lives in the request
  *                                buffers and one curl header list only)
  */
+#include "chatloop/api.h"
 #include "chatloop/app.h"
 #include "chatloop/json_body.h"
 #include "chatloop/jsonw.h"

@@ -7,6 +7,7 @@
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/buf.h"
+#include "chatloop/conninfo.h"
 #include "chatloop/db.h"
 #include "chatloop/log.h"
 
@@ -87,7 +88,7 @@ int cl_app_prepare(cl_config *cfg)
     }
     if (ensure_local_user(cfg->database_url, err, sizeof err) != 0) {
         char safe[512];
-        cl_redact_url(err, safe, sizeof safe);
+        cl_conninfo_redact(cfg->database_url, err, safe, sizeof safe);
         CL_ERROR("%s", safe);
         return -1;
     }
@@ -99,7 +100,7 @@ int cl_app_prepare(cl_config *cfg)
         if (cl_db_spool_prepare(cfg->spool_dir, cfg->database_url, cfg->drain_timeout_ms + 5000,
                                 &lock_fd, err, sizeof err) != 0) {
             char safe[512];
-            cl_redact_url(err, safe, sizeof safe);
+            cl_conninfo_redact(cfg->database_url, err, safe, sizeof safe);
             CL_ERROR("%s", safe);
             return -1;
         }

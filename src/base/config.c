@@ -14,6 +14,7 @@
  * the feature removes the mark.
  */
 #include "chatloop/config.h"
+#include "chatloop/conninfo.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -866,37 +867,6 @@ static void dump_string(FILE *f, const char *s) {
         fputc(*s, f);
     }
     fputc('"', f);
-}
-
-void cl_redact_url(const char *url, char *out, size_t outlen) {
-    if (outlen == 0)
-        return;
-    size_t o = 0;
-    const char *scheme = strstr(url, "://");
-    const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
-    const char *slash = scheme ? strchr(scheme + 3, '/') : NULL;
-    if (at && (!slash || at < slash)) {
-        /* scheme://user:password@host -> scheme://user:***@host */
-        const char *colon = memchr(scheme + 3, ':', (size_t)(at - scheme - 3));
-        const char *keep_end = colon ? colon + 1 : NULL;
-        if (keep_end) {
-            o = (size_t)snprintf(out, outlen, "%.*s***%s", (int)(keep_end - url), url, at);
-            url = NULL;
-        }
-    }
-    if (url) {
-        /* key=value form: password=secret -> password=*** */
-        const char *pw = strstr(url, "password=");
-        if (pw) {
-            const char *end = pw + 9;
-            while (*end && *end != ' ' && *end != '&')
-                end++;
-            o = (size_t)snprintf(out, outlen, "%.*s***%s", (int)(pw + 9 - url), url, end);
-        } else {
-            o = (size_t)snprintf(out, outlen, "%s", url);
-        }
-    }
-    (void)o;
 }
 
 char *cl_config_dump(const cl_config *cfg) {

@@ -5,6 +5,7 @@
  */
 #include "chatloop/jscan.h"
 #include "chatloop/hex.h"
+#include "chatloop/utf8.h"
 
 #include <string.h>
 
@@ -65,38 +66,6 @@ static int unicode_escape(const unsigned char *p, const unsigned char *end, unsi
     return 5;
 }
 
-/* Length of the valid UTF-8 sequence at p (shortest form, no surrogates,
- * at most U+10FFFF), or 0. */
-static int utf8_len(const unsigned char *p, const unsigned char *end)
-{
-    unsigned char c = p[0];
-    int n;
-    unsigned long cp;
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-        cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (end - p < n)
-        return 0;
-    for (int i = 1; i < n; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3F);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return n;
-}
-
 /* Skips a string starting at '"', checking its escapes and UTF-8 as
  * strictly as a full parser would. */
 static int skip_string(scan *s)
@@ -115,7 +84,7 @@ static int skip_string(scan *s)
             return 0;
         }
         if (*p >= 0x80) {
-            int n = utf8_len(p, end);
+            size_t n = cl_utf8_seq_len(p, (size_t)(end - p));
             if (!n)
                 return -1;
             p += n;

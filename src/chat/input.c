@@ -1,20 +1,11 @@
 /* input.c — validating a chat turn's request body (SPEC §3), field by field,
  * so every refusal names the field and what was wrong with it. */
 #include "chatloop/turn.h"
+#include "chatloop/utf8.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-
-/* Characters, not bytes: max_message_chars is what a user can type. */
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xc0) != 0x80)
-            n++;
-    return n;
-}
 
 #define BAD(f, ...) do { *field = (f); snprintf(why, whylen, __VA_ARGS__); return -1; } while (0)
 
@@ -35,7 +26,7 @@ int cl_turn_parse_input(json_t *body, const cl_config *cfg, cl_turn_input *in, i
         BAD("message", "'message' must not be empty");
     if (strlen(in->message) != json_string_length(v))
         BAD("message", "'message' must not contain NUL characters");
-    size_t chars = utf8_chars(in->message);
+    size_t chars = cl_utf8_chars(in->message);
     if (chars > (size_t)cfg->max_message_chars)
         BAD("message", "'message' has %zu characters; the limit is %d (max_message_chars)", chars,
             cfg->max_message_chars);

@@ -17,12 +17,12 @@
  * that old and new instances can run side by side during a deploy. A
  * version recorded under a different name is refused: the histories diverged.
  *
- * Secrets: the URL appears in messages only through cl_redact_url, and every
- * message that libpq wrote is scrubbed of the password (libpq quotes pieces
- * of a malformed conninfo string back, and those may be the password).
+ * Secrets: every message, the URL and whatever libpq wrote included, goes
+ * through cl_conninfo_redact (libpq quotes pieces of a malformed conninfo
+ * string back, and those may be the password).
  */
-#include "chatloop/hex.h"
 #include "chatloop/config.h"
+#include "chatloop/conninfo.h"
 #include "chatloop/db.h"
 #include "migrations.h"
 
@@ -37,109 +37,10 @@
 #define MIGRATE_LOCK_SQL "SELECT pg_advisory_xact_lock(7163082359996116848)"
 #define CONNECT_TIMEOUT_S "10"
 
-#define MAX_SECRETS 6
-#define SECRET_MAX 256
-
+/* The connection string whose password fail() hides in every message. */
 typedef struct secrets {
-    int n;
-    char s[MAX_SECRETS][SECRET_MAX];
+    const char *conninfo;
 } secrets;
-
-static void add_secret(secrets *sc, const char *p, size_t len)
-{
-    if (len == 0 || sc->n >= MAX_SECRETS)
-        return;
-    if (len >= SECRET_MAX)
-        len = SECRET_MAX - 1; /* a prefix of it still hides it */
-    memcpy(sc->s[sc->n], p, len);
-    sc->s[sc->n][len] = 0;
-    sc->n++;
-}
-
-/* Adds the raw span and, when it differs, its percent-decoded form. */
-static void add_secret_span(secrets *sc, const char *p, size_t len)
-{
-    add_secret(sc, p, len);
-    char dec[SECRET_MAX];
-    size_t o = 0;
-    for (size_t i = 0; i < len && o + 1 < sizeof dec; i++) {
-        int h, l;
-        if (p[i] == '%' && i + 2 < len && (h = cl_hexval(p[i + 1])) >= 0 && (l = cl_hexval(p[i + 2])) >= 0) {
-            dec[o++] = (char)(h * 16 + l);
-            i += 2;
-        } else {
-            dec[o++] = p[i];
-        }
-    }
-    if (o != len || memcmp(dec, p, len) != 0)
-        add_secret(sc, dec, o);
-}
-
-/*
- * Finds what could be the password in a URL or key=value string, without
- * trusting it to be well formed (we need this most when libpq refused it):
- * the userinfo of scheme://user:pw@host, and every password=... value, in a
- * URI query (up to '&') or a conninfo string (up to a space, or quoted).
- */
-static void collect_secrets(const char *url, secrets *sc)
-{
-    const char *scheme = strstr(url, "://");
-    if (scheme) {
-        const char *auth = scheme + 3;
-        size_t alen = strcspn(auth, "/?#");
-        const char *at = NULL;
-        for (size_t i = 0; i < alen; i++)
-            if (auth[i] == '@')
-                at = auth + i; /* the last '@' ends the userinfo */
-        if (at) {
-            const char *colon = memchr(auth, ':', (size_t)(at - auth));
-            if (colon)
-                add_secret_span(sc, colon + 1, (size_t)(at - colon - 1));
-        }
-    }
-    for (const char *p = url; (p = strstr(p, "password=")) != NULL;) {
-        p += 9;
-        size_t len;
-        if (*p == '\'') {
-            p++;
-            len = 0;
-            while (p[len] && p[len] != '\'') {
-                if (p[len] == '\\' && p[len + 1])
-                    len++;
-                len++;
-            }
-        } else {
-            len = strcspn(p, scheme ? "&#" : " \t\n");
-        }
-        add_secret_span(sc, p, len);
-        p += len;
-    }
-}
-
-/* Replaces every occurrence of each secret in s (capacity cap) by "***",
- * truncating if a short secret made the text longer than cap. */
-static void scrub(char *s, size_t cap, const secrets *sc)
-{
-    char tmp[2048];
-    for (int k = 0; k < sc->n; k++) {
-        const char *sec = sc->s[k];
-        size_t n = strlen(sec);
-        if (!strstr(s, sec))
-            continue;
-        size_t o = 0;
-        for (const char *p = s; *p && o + 1 < sizeof tmp;) {
-            if (strncmp(p, sec, n) == 0) {
-                for (int j = 0; j < 3 && o + 1 < sizeof tmp; j++)
-                    tmp[o++] = '*';
-                p += n;
-            } else {
-                tmp[o++] = *p++;
-            }
-        }
-        tmp[o] = 0;
-        snprintf(s, cap, "%s", tmp);
-    }
-}
 
 /* libpq messages end in "\n" and continue lines with "\n\t": one line. */
 static void one_line(char *s)
@@ -170,8 +71,7 @@ static int fail(char *err, size_t errlen, const secrets *sc, const char *fmt, ..
     vsnprintf(full, sizeof full, fmt, ap);
     va_end(ap);
     one_line(full);
-    scrub(full, sizeof full, sc);
-    snprintf(err, errlen, "%s", full);
+    cl_conninfo_redact(sc->conninfo, full, err, errlen);
     return -1;
 }
 
@@ -240,13 +140,11 @@ int cl_db_migrate(const char *database_url, char *err, size_t errlen)
             return fail(err, errlen, &sc, "migrations: embedded migration %s is out of order",
                         cl_migrations[i].name);
 
-    collect_secrets(database_url, &sc);
+    sc.conninfo = database_url;
     char shown[512];
     cl_redact_url(database_url, shown, sizeof shown);
-    scrub(shown, sizeof shown, &sc);
 
-    /* Parse first: a malformed URL gets libpq's precise reason, and a well
-     * formed one tells us the password exactly (decoded) for scrubbing. */
+    /* Parse first: a malformed URL gets libpq's precise reason. */
     char *perr = NULL;
     PQconninfoOption *opts = PQconninfoParse(database_url, &perr);
     if (!opts) {
@@ -255,11 +153,7 @@ int cl_db_migrate(const char *database_url, char *err, size_t errlen)
         PQfreemem(perr);
         return -1;
     }
-    for (PQconninfoOption *o = opts; o->keyword; o++)
-        if (strcmp(o->keyword, "password") == 0 && o->val)
-            add_secret(&sc, o->val, strlen(o->val));
     PQconninfoFree(opts);
-    scrub(shown, sizeof shown, &sc);
 
     /* expand_dbname: the URL's own settings override the earlier entries
      * (a connect_timeout in the URL wins over ours). */

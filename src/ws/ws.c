@@ -66,6 +66,7 @@
 
 #include "chatloop/api.h"
 #include "chatloop/log.h"
+#include "chatloop/utf8.h"
 #include "chatloop/version.h"
 #include "chatloop/worker.h"
 
@@ -133,61 +134,6 @@ static size_t high_water(const cl_conn *c)
     if (hw > HIGH_WATER_MAX)
         hw = HIGH_WATER_MAX;
     return hw ? hw : 1;
-}
-
-/* ---- UTF-8 ------------------------------------------------------------------- */
-
-static int is_cont(uint8_t b)
-{
-    return (b & 0xC0) == 0x80;
-}
-
-/* wslay checks text frames too (a DFA); this is our own check of the whole
- * message just before the handler sees it, so the guarantee on_text makes
- * does not rest on a library detail (RSV1 frames, for one, skip wslay's). */
-int cl_ws__utf8_valid(const uint8_t *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        /* ASCII runs (almost all JSON) eight bytes at a time */
-        if (len - i >= 8) {
-            uint64_t v;
-            memcpy(&v, s + i, 8);
-            if ((v & 0x8080808080808080ull) == 0) {
-                i += 8;
-                continue;
-            }
-        }
-        uint8_t b = s[i];
-        if (b < 0x80) {
-            i++;
-        } else if (b < 0xC2) {
-            return 0; /* a continuation byte first, or C0/C1: an overlong 2-byte form */
-        } else if (b < 0xE0) {
-            if (len - i < 2 || !is_cont(s[i + 1]))
-                return 0;
-            i += 2;
-        } else if (b < 0xF0) {
-            if (len - i < 3 || !is_cont(s[i + 1]) || !is_cont(s[i + 2]))
-                return 0;
-            if (b == 0xE0 && s[i + 1] < 0xA0)
-                return 0; /* overlong: below U+0800 */
-            if (b == 0xED && s[i + 1] >= 0xA0)
-                return 0; /* U+D800..U+DFFF: surrogates are not characters */
-            i += 3;
-        } else if (b < 0xF5) {
-            if (len - i < 4 || !is_cont(s[i + 1]) || !is_cont(s[i + 2]) || !is_cont(s[i + 3]))
-                return 0;
-            if (b == 0xF0 && s[i + 1] < 0x90)
-                return 0; /* overlong: below U+10000 */
-            if (b == 0xF4 && s[i + 1] >= 0x90)
-                return 0; /* above U+10FFFF */
-            i += 4;
-        } else {
-            return 0; /* F5..FF never occur in UTF-8 */
-        }
-    }
-    return 1;
 }
 
 /* ---- output ------------------------------------------------------------------ */
@@ -427,7 +373,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
     }
     if (arg->opcode != WSLAY_TEXT_FRAME)
         return; /* pings are answered by wslay; any byte already counted as liveness */
-    if (!cl_ws__utf8_valid(arg->msg, arg->msg_length)) {
+    if (!cl_utf8_valid(arg->msg, arg->msg_length)) {
         fail(ws, 1007, "text message is not valid UTF-8");
         return;
     }

@@ -28,10 +28,6 @@ int cl_ws__accept_key(const char *key, size_t len, char out[CL_WS_ACCEPT_LEN + 1
  */
 int cl_ws__check_handshake(cl_req *r, char accept[CL_WS_ACCEPT_LEN + 1]);
 
-/** 1 when s[0..len) is well-formed UTF-8 (no overlong forms, no
- *  surrogates, nothing above U+10FFFF), else 0. */
-int cl_ws__utf8_valid(const uint8_t *s, size_t len);
-
 /** Test hook: 1 while the cl_ws holds a wslay context. */
 int cl_ws__has_ctx(const cl_ws *ws);
 

@@ -15,6 +15,7 @@
 #include "chatloop/http.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
+#include "chatloop/utf8.h"
 #include "chatloop/worker.h"
 #include "chatloop/ws.h"
 
@@ -47,7 +48,7 @@ static struct {
 
 static void h_text(cl_ws *ws, const char *data, size_t len)
 {
-    if (!cl_ws__utf8_valid((const uint8_t *)data, len))
+    if (!cl_utf8_valid(data, len))
         abort();
     if (st.closes)
         abort(); /* after on_close the handler hears nothing */

@@ -1,5 +1,6 @@
 /* test_config.c — the key table, the value parsers, file/env sources, dump. */
 #include "chatloop/config.h"
+#include "chatloop/conninfo.h"
 #include "test.h"
 
 #include <unistd.h>

@@ -453,51 +453,6 @@ static void test_handshake_errors(void)
     teardown();
 }
 
-static void test_utf8_validator(void)
-{
-    struct {
-        const char *s;
-        int ok;
-    } cases[] = {
-        {"", 1},
-        {"plain ascii, long enough for the fast path", 1},
-        {"\xc2\x80", 1},                  /* U+0080 */
-        {"\xdf\xbf", 1},                  /* U+07FF */
-        {"\xe0\xa0\x80", 1},              /* U+0800 */
-        {"\xed\x9f\xbf", 1},              /* U+D7FF */
-        {"\xee\x80\x80", 1},              /* U+E000 */
-        {"\xef\xbf\xbf", 1},              /* U+FFFF */
-        {"\xf0\x90\x80\x80", 1},          /* U+10000 */
-        {"\xf4\x8f\xbf\xbf", 1},          /* U+10FFFF */
-        {"h\xc3\xa9llo w\xc3\xb6rld \xf0\x9f\x98\x80", 1},
-        {"\x80", 0},                      /* lone continuation */
-        {"\xc0\x80", 0},                  /* overlong NUL */
-        {"\xc1\xbf", 0},                  /* overlong */
-        {"\xe0\x80\x80", 0},              /* overlong 3-byte */
-        {"\xe0\x9f\xbf", 0},              /* overlong U+07FF */
-        {"\xed\xa0\x80", 0},              /* U+D800 */
-        {"\xed\xbf\xbf", 0},              /* U+DFFF */
-        {"\xf0\x80\x80\x80", 0},          /* overlong 4-byte */
-        {"\xf0\x8f\xbf\xbf", 0},          /* overlong U+FFFF */
-        {"\xf4\x90\x80\x80", 0},          /* U+110000 */
-        {"\xf5\x80\x80\x80", 0},
-        {"\xff", 0},
-        {"\xc3", 0},                      /* truncated */
-        {"\xe2\x82", 0},
-        {"\xf0\x9f\x98", 0},
-        {"\xc3\x28", 0},                  /* bad continuation */
-        {"abcdefgh\xe2\x28\xa1", 0},
-        {"abcdefghijklmnop\xed\xa0\x80xyz", 0},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int got = cl_ws__utf8_valid((const uint8_t *)cases[i].s, strlen(cases[i].s));
-        if (got != cases[i].ok) {
-            fprintf(stderr, "  utf8 case %zu: got %d\n", i, got);
-            CHECK(0);
-        }
-    }
-}
-
 /* Whole and fragmented text, a ping between fragments, a character split
  * across fragments, then the client's close. */
 static void test_messages_every_split(void)
@@ -1308,7 +1263,7 @@ static void test_idle_memory(void)
     teardown();
 }
 
-CL_TEST_MAIN(test_accept_key, test_handshake_errors, test_utf8_validator,
+CL_TEST_MAIN(test_accept_key, test_handshake_errors,
              test_messages_every_split, test_close_handshake, test_ping_pong, test_oversized,
              test_invalid_utf8, test_binary_refused, test_protocol_errors, test_send_text_forms,
              test_echo_from_on_text, test_ctx_released_when_quiescent, test_liveness_pings,
