@@ -5,8 +5,11 @@
  * last uv_close callback (STYLE 1), so cl_conn_close may be called from any
  * callback, any number of times: it schedules, it never frees under a caller.
  *
- * The protocol spoken on the connection (HTTP/1.1 now; WebSocket after an
- * upgrade) is a vtable, swapped by cl_conn_set_proto. TLS, when configured,
+ * The connection knows nothing of the protocol spoken on it: the worker's
+ * hooks choose it for each accepted connection (on_accept, as h2o's accept
+ * callback does: chatloop and chatloop-mock attach HTTP/1.1), and a
+ * protocol may hand over to another (cl_conn_set_proto: WebSocket after an
+ * upgrade). A protocol is a vtable. TLS, when configured,
  * will sit between the socket and the protocol in this file: protocols only
  * see plaintext bytes in on_data and only write through cl_conn_write.
  *
@@ -21,7 +24,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
-#include <llhttp.h>
 
 #include "chatloop/buf.h"
 
@@ -50,8 +52,7 @@ struct cl_conn {
     uv_timer_t timer;
     cl_worker *w;
     const cl_conn_proto *proto;
-    void *proto_data;           /* protocol state beyond the embedded parser */
-    llhttp_t parser;            /* HTTP/1 parser, embedded: no allocation per request */
+    void *proto_data;           /* the protocol's state (its request, its WebSocket) */
     cl_buf in;                  /* input held while the protocol is paused; empty otherwise */
     cl_buf out;                 /* queued output not yet handed to the kernel */
     cl_wbuf *inflight;          /* the one uv_write in flight, or NULL */
@@ -75,7 +76,8 @@ struct cl_conn {
  *  into the worker's list. The caller attaches a socket and a protocol.
  *  Unit tests use it to drive protocols without sockets. */
 cl_conn *cl_conn_new(cl_worker *w);
-/** Called by the worker's listener for each accepted socket. */
+/** Called by the worker's listener for each accepted socket: the worker
+ *  hooks' on_accept gives it its protocol. */
 void cl_conn_accept(cl_worker *w, uv_stream_t *server);
 
 /**

@@ -24,6 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <llhttp.h>
+
 #include "chatloop/buf.h"
 #include "chatloop/conn.h"
 
@@ -44,6 +46,7 @@ typedef struct cl_path_param {
 
 struct cl_req {
     cl_conn *conn;
+    llhttp_t parser;                /* lives with the request: an idle connection has none */
     llhttp_method_t method;
     uint8_t http_major, http_minor;
     uint8_t keep_alive;
@@ -95,7 +98,7 @@ struct cl_req {
     cl_req *next_cached;            /* the worker's request cache */
 };
 
-/** Frees the worker's cache of request objects (at worker exit). */
+/** Frees this process's cache of request objects (at worker exit). */
 void cl_http1_worker_cleanup(struct cl_worker *w);
 
 /**
@@ -106,7 +109,8 @@ void cl_http1_worker_cleanup(struct cl_worker *w);
  */
 void cl_http1_end_upgraded(cl_req *r, int status, size_t head_bytes);
 
-/** Takes over a freshly accepted connection (called by cl_conn_accept). */
+/** Takes over a freshly accepted connection: the worker hooks' on_accept
+ *  of a program that serves HTTP. */
 void cl_http1_attach(cl_conn *c);
 
 /** The request path (without query), not NUL-terminated. */

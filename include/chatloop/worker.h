@@ -24,7 +24,12 @@ typedef struct cl_worker cl_worker;
  * but build_routes may be NULL.
  */
 typedef struct cl_worker_hooks {
+    /** The program's route table for its protocol (opaque here), and how
+     *  to free it at exit. */
     cl_router *(*build_routes)(const cl_config *cfg);
+    void (*free_routes)(cl_router *r);
+    /** A connection was accepted: give it its protocol (cl_http1_attach). */
+    void (*on_accept)(cl_conn *c);
     /** After the loop exists, before accepting: set up w->app. 0 or -1. */
     int (*on_start)(cl_worker *w);
     /** SIGTERM/SIGINT: stop starting new work; running work may finish. */
@@ -68,14 +73,12 @@ typedef struct cl_worker {
     cl_conn *dirty;             /* connections with output to flush */
     uint64_t nconns;
     uint64_t buffered;          /* bytes held for clients, all connections (max_buffered_bytes) */
-    cl_router *router;
+    cl_router *router;          /* the program's routes (built by its hooks; read by http1.c) */
     const cl_worker_hooks *hooks;
     void *app;                  /* the program's per-worker state (hooks) */
     cl_metrics_slot *metrics;   /* this worker's slot in shared memory */
     char read_buf[CL_READ_BUF_SIZE]; /* shared by every connection: reads are consumed synchronously */
     int read_buf_busy;
-    struct cl_req *req_cache;   /* freed requests kept for reuse (http1.c) */
-    int req_cache_len;
     uint64_t started_ns;
     uint64_t request_seq;
     uint32_t request_id_prefix;

@@ -2,6 +2,7 @@
 #include "chatloop/app.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
+#include "chatloop/router.h"
 #include "chatloop/routes.h"
 
 #include <stdlib.h>
@@ -59,6 +60,7 @@ static void app_stop(cl_worker *w)
     cl_app *app = w->app;
     if (!app)
         return;
+    cl_http1_worker_cleanup(w);
     cl_models_cache_free(app->models);
     cl_llm_free(app->llm);
     cl_db_free(app->db);
@@ -94,6 +96,8 @@ static int app_health(cl_worker *w, cl_buf *out)
 }
 
 const cl_worker_hooks cl_app_hooks = {
+    .on_accept = cl_http1_attach,
+    .free_routes = cl_router_free,
     .health = app_health,
     .guard_head = cl_auth_guard_head,
     .guard_dispatch = cl_auth_guard_dispatch,

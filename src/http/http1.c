@@ -44,20 +44,26 @@ static inline cl_req *conn_req(cl_conn *c) { return c->proto_data; }
 
 /* ---- request object ---------------------------------------------------- */
 
-/* Requests are recycled through a small per-worker cache with their head
- * buffer and header array kept: a keep-alive client then costs no malloc per
- * request. Only busy workers fill it; its size is bounded. */
+/* Requests are recycled through a small cache with their head buffer and
+ * header array kept: a keep-alive client then costs no malloc per request.
+ * Only busy workers fill it; its size is bounded. One per process: a
+ * worker is a process with one loop. */
 #define REQ_CACHE_MAX 64
 #define REQ_KEEP_HEAD 4096
 #define REQ_KEEP_HEADERS 32
 
+static cl_req *g_req_cache;
+static int g_req_cache_len;
+
+/* A request (and its parser) starts with the first byte of a message: an
+ * idle keep-alive connection — or a WebSocket — carries no parser. */
 static cl_req *req_new(cl_conn *c)
 {
     cl_worker *w = c->w;
-    cl_req *r = w->req_cache;
+    cl_req *r = g_req_cache;
     if (r) {
-        w->req_cache = r->next_cached;
-        w->req_cache_len--;
+        g_req_cache = r->next_cached;
+        g_req_cache_len--;
         cl_buf head = r->head;
         cl_header_ref *headers = r->headers;
         uint32_t headers_cap = r->headers_cap;
@@ -76,6 +82,11 @@ static cl_req *req_new(cl_conn *c)
     }
     r->head.max = w->cfg->max_header_bytes;
     r->conn = c;
+    llhttp_init(&r->parser, HTTP_REQUEST, &g_settings);
+    /* Versions are checked by on_version_complete (llhttp 8.1 has the flag
+     * but no setter for it). */
+    r->parser.lenient_flags |= LENIENT_VERSION;
+    r->parser.data = c;
     r->start_ns = uv_hrtime();
     cl_buf_init(&r->body, w->cfg->max_body_bytes);
     r->keep_alive = 1;
@@ -86,14 +97,13 @@ static void req_free(cl_req *r)
 {
     if (!r)
         return;
-    cl_worker *w = r->conn->w;
     cl_conn_unhold(r->conn, r->body.len);
     cl_buf_release(&r->body);
-    if (w->req_cache_len < REQ_CACHE_MAX && r->head.cap <= REQ_KEEP_HEAD &&
+    if (g_req_cache_len < REQ_CACHE_MAX && r->head.cap <= REQ_KEEP_HEAD &&
         r->headers_cap <= REQ_KEEP_HEADERS) {
-        r->next_cached = w->req_cache;
-        w->req_cache = r;
-        w->req_cache_len++;
+        r->next_cached = g_req_cache;
+        g_req_cache = r;
+        g_req_cache_len++;
         return;
     }
     cl_buf_release(&r->head);
@@ -103,14 +113,15 @@ static void req_free(cl_req *r)
 
 void cl_http1_worker_cleanup(cl_worker *w)
 {
-    while (w->req_cache) {
-        cl_req *r = w->req_cache;
-        w->req_cache = r->next_cached;
+    (void)w;
+    while (g_req_cache) {
+        cl_req *r = g_req_cache;
+        g_req_cache = r->next_cached;
         cl_buf_release(&r->head);
         free(r->headers);
         free(r);
     }
-    w->req_cache_len = 0;
+    g_req_cache_len = 0;
 }
 
 /* Records why a callback refuses the request; returning -1 makes llhttp
@@ -128,10 +139,8 @@ static int refuse(cl_req *r, int status, cl_err_code code, const char *message)
 static int on_message_begin(llhttp_t *p)
 {
     cl_conn *c = p->data;
-    cl_req *r = req_new(c);
-    if (!r)
-        return -1;
-    c->proto_data = r;
+    cl_req *r = conn_req(c);
+    r->start_ns = uv_hrtime();
     cl_conn_set_timeout(c, c->w->cfg->header_timeout_ms);
     return 0;
 }
@@ -933,7 +942,7 @@ static void refuse_and_close(cl_conn *c, llhttp_errno_t err)
         return;
     }
     char msg[200];
-    const char *reason = llhttp_get_error_reason(&c->parser);
+    const char *reason = llhttp_get_error_reason(&r->parser);
     snprintf(msg, sizeof msg, "malformed HTTP request: %s", reason ? reason : llhttp_errno_name(err));
     cl_api_error(r, CL_ERR_INVALID_REQUEST, msg, NULL, NULL);
 }
@@ -954,13 +963,20 @@ static void proceed(cl_conn *c, const char *data, size_t len)
             cl_conn_read_stop(c);
             break;
         }
-        llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+        if (!r) {
+            if (!(r = req_new(c))) {
+                cl_conn_close(c);
+                break;
+            }
+            c->proto_data = r;
+        }
+        llhttp_errno_t err = llhttp_execute(&r->parser, data, len);
         if (c->closing)
             break;
         if (err == HPE_OK)
             break; /* everything consumed; the request continues in later reads */
         if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-            size_t used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+            size_t used = (size_t)(llhttp_get_error_pos(&r->parser) - data);
             data += used;
             len -= used;
             if (err == HPE_PAUSED_UPGRADE) {
@@ -972,9 +988,9 @@ static void proceed(cl_conn *c, const char *data, size_t len)
             /* on_message_complete paused: one whole request. llhttp
              * reports an Upgrade request this way too (HPE_PAUSED_UPGRADE
              * only comes on the next execute), with parser.upgrade set. */
-            llhttp_resume(&c->parser);
-            cl_req *req = conn_req(c);
-            int upgrade = c->parser.upgrade;
+            llhttp_resume(&r->parser);
+            cl_req *req = r;
+            int upgrade = r->parser.upgrade;
             if (upgrade) {
                 /* What follows is the new protocol's: unless the handler
                  * switches protocols (cl_ws_upgrade), its answer is the
@@ -1132,11 +1148,6 @@ static const cl_conn_proto http1_proto = {
 void cl_http1_attach(cl_conn *c)
 {
     settings_init();
-    llhttp_init(&c->parser, HTTP_REQUEST, &g_settings);
-    /* Versions are checked by on_version_complete (llhttp 8.1 has the flag
-     * but no setter for it). */
-    c->parser.lenient_flags |= LENIENT_VERSION;
-    c->parser.data = c;
     cl_conn_set_proto(c, &http1_proto, NULL);
     /* A connection that never sends a request is cut like a slow one. */
     cl_conn_set_timeout(c, c->w->cfg->header_timeout_ms);

@@ -112,6 +112,7 @@ static void on_stop(cl_worker *w)
      * are detached before the app goes: their timers close with callbacks
      * that free only the answer, never touching the app. */
     mock_gen_stop_all(a, 0);
+    cl_http1_worker_cleanup(w);
     mock_record_free(a);
     mock_faults_clear(a);
     cl_buf_release(&a->scratch);
@@ -121,6 +122,8 @@ static void on_stop(cl_worker *w)
 
 const cl_worker_hooks mock_hooks = {
     .build_routes = mock_routes_build,
+    .free_routes = cl_router_free,
+    .on_accept = cl_http1_attach,
     .on_start = on_start,
     .on_drain = on_drain,
     .on_stop = on_stop,

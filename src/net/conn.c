@@ -7,7 +7,6 @@
  * close (a write callback, a timer) sees `closing` and does nothing.
  */
 #include "chatloop/conn.h"
-#include "chatloop/http.h"
 #include "chatloop/log.h"
 #include "chatloop/worker.h"
 
@@ -474,6 +473,6 @@ void cl_conn_accept(cl_worker *w, uv_stream_t *server)
         }
         snprintf(c->peer, sizeof c->peer, "%.46s:%d", ip, port);
     }
-    cl_http1_attach(c);
+    w->hooks->on_accept(c);
     cl_conn_read_start(c);
 }

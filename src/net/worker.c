@@ -4,9 +4,7 @@
  */
 #include "chatloop/worker.h"
 #include "chatloop/conn.h"
-#include "chatloop/http.h"
 #include "chatloop/log.h"
-#include "chatloop/router.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -266,8 +264,8 @@ out:
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) != 0)
         CL_WARN("worker %d: handles left open at exit", id);
-    cl_router_free(w->router);
-    cl_http1_worker_cleanup(w);
+    if (w->router && hooks->free_routes)
+        hooks->free_routes(w->router);
     g_current = NULL;
     free(w);
     cl_log_flush();
