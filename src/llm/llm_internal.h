@@ -141,6 +141,16 @@ uint64_t cl_llm__now(const cl_llm *llm);
 /** Bytes of message text in the request (for estimates). */
 size_t cl_llm__prompt_chars(const cl_llm_call *c);
 
+/* call.c: the byte filter that lets a plain content chunk skip the JSON
+ * parse. CL_LLM_SCAN_DECODE: it may carry a finish reason, usage, tool calls
+ * or an error (or is not an object): parse it. CL_LLM_SCAN_USAGE_ONLY: it
+ * has "choices": [] (relayed only to clients that asked for usage). */
+enum { CL_LLM_SCAN_DECODE = 1, CL_LLM_SCAN_USAGE_ONLY = 2 };
+int cl_llm__scan_chunk(const char *data, size_t len);
+/* The opening chunk that only announces the assistant's role (content ""
+ * or null or absent, no tool call): not yet a token. */
+int cl_llm__role_only(const char *data, size_t len);
+
 /* call.c: a cleared easy handle from the pool (or a new one), and back. */
 CURL *cl_llm__easy_get(cl_llm *llm);
 void cl_llm__easy_put(cl_llm *llm, CURL *easy);
