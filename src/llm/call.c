@@ -9,6 +9,7 @@
  */
 #include "llm_internal.h"
 
+#include "chatloop/auth.h"
 #include "chatloop/log.h"
 
 #include <assert.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define SSE_MAX_LINE (1024 * 1024)
 #define MAX_ERROR_BODY (64 * 1024)
@@ -315,8 +317,8 @@ static int schedule_retry(cl_llm_call *c)
             double base = BACKOFF_BASE_MS * pow(2.0, c->attempt - 1);
             if (base > BACKOFF_MAX_MS)
                 base = BACKOFF_MAX_MS;
-            /* full jitter in [base/2, base]: retries from many turns spread */
-            delay = (uint64_t)(base / 2 + (double)rand() / RAND_MAX * base / 2);
+            /* jitter in [base/2, base]: retries from many turns spread */
+            delay = cl_llm__jitter_ms(c->llm, base);
         }
     } else if (c->model_idx + 1 < c->nmodels) {
         c->model_idx++;
@@ -937,6 +939,32 @@ const char *cl_llm_call_model(const cl_llm_call *c)
 
 /* ---- the provider context ------------------------------------------------- */
 
+/* splitmix64: one add and two multiplies per draw, every seed (0 included)
+ * gives a full-period sequence; plenty for spreading retries. */
+uint64_t cl_llm__random(cl_llm *llm)
+{
+    uint64_t z = (llm->rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint64_t cl_llm__jitter_ms(cl_llm *llm, double base_ms)
+{
+    double u = (double)(cl_llm__random(llm) >> 11) * 0x1.0p-53; /* [0, 1) */
+    return (uint64_t)(base_ms / 2 + u * base_ms / 2);
+}
+
+/* Each worker creates its context after the fork, so each gets its own
+ * seed. The kernel's generator is the seed; should it fail, the clock, the
+ * pid and the address still differ between workers. */
+static void seed_jitter(cl_llm *llm)
+{
+    if (cl_random_bytes(&llm->rng, sizeof llm->rng) == 0)
+        return;
+    llm->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)llm;
+}
+
 static char *join_url(const char *base, const char *path)
 {
     size_t bl = strlen(base);
@@ -958,6 +986,7 @@ cl_llm *cl_llm_new(uv_loop_t *loop, const cl_config *cfg)
         return NULL;
     llm->loop = loop;
     llm->cfg = cfg;
+    seed_jitter(llm);
     /* Without a key there is nobody to call: the mock provider answers. */
     llm->provider = cfg->api_key[0] ? cfg->provider : CL_PROVIDER_MOCK;
     if (llm->provider == CL_PROVIDER_MOCK)

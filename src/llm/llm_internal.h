@@ -54,6 +54,9 @@ struct cl_llm {
     cl_llm_call *calls;             /* every live call, for cl_llm_free */
     int active;
     uint64_t next_call_id;          /* names calls in debug lines */
+    uint64_t rng;                   /* retry jitter (splitmix64), seeded per context: the
+                                     * global rand() is unseeded, so every worker drew the
+                                     * same "random" backoffs and retried in lockstep */
     /* Easy handles kept for reuse: curl_easy_reset keeps a handle's
      * buffers, so a new request allocates (and faults in) nothing. */
     CURL *idle_easy[64];
@@ -150,6 +153,11 @@ int cl_llm__scan_chunk(const char *data, size_t len);
 /* The opening chunk that only announces the assistant's role (content ""
  * or null or absent, no tool call): not yet a token. */
 int cl_llm__role_only(const char *data, size_t len);
+
+/* call.c: the next value of the context's jitter generator, and a delay
+ * drawn from it uniformly in [base_ms/2, base_ms]. Not for secrets. */
+uint64_t cl_llm__random(cl_llm *llm);
+uint64_t cl_llm__jitter_ms(cl_llm *llm, double base_ms);
 
 /* call.c: a cleared easy handle from the pool (or a new one), and back. */
 CURL *cl_llm__easy_get(cl_llm *llm);

@@ -483,7 +483,41 @@ static void test_relay_reads_spaced_chunks(void)
     }
 }
 
+/* ---- retry jitter ------------------------------------------------------------ */
+
+/* Two contexts (two workers) draw different jitter: with one unseeded
+ * generator shared by every process, all workers backed off in lockstep. */
+static void test_jitter_per_context(void)
+{
+    env a, b;
+    env_init(&a, 1, 0, 0);
+    env_init(&b, 1, 0, 0);
+    uint64_t sa[16], sb[16];
+    int same = 0, repeats = 0;
+    for (int i = 0; i < 16; i++) {
+        sa[i] = cl_llm__jitter_ms(a.llm, 8000);
+        sb[i] = cl_llm__jitter_ms(b.llm, 8000);
+        CHECK(sa[i] >= 4000 && sa[i] <= 8000);
+        CHECK(sb[i] >= 4000 && sb[i] <= 8000);
+        same += sa[i] == sb[i];
+        repeats += i > 0 && sa[i] == sa[i - 1];
+    }
+    CHECK(same < 3);    /* equal draws happen (1 in 4000 each), a shared sequence would be 16 */
+    CHECK(repeats < 3); /* and the sequence moves */
+    /* the whole range is used: 200 draws spread over both halves */
+    int low = 0, high = 0;
+    for (int i = 0; i < 200; i++) {
+        uint64_t d = cl_llm__jitter_ms(a.llm, 1000);
+        CHECK(d >= 500 && d <= 1000);
+        low += d < 750;
+        high += d >= 750;
+    }
+    CHECK(low > 50 && high > 50);
+    env_done(&a);
+    env_done(&b);
+}
+
 CL_TEST_MAIN(test_transition_table, test_stream_reaches_done, test_not_streamed,
              test_cancel_inside_on_content, test_cancel_before_first_token,
              test_first_token_timeout, test_back_pressure, test_free_with_live_calls,
-             test_scan_whitespace, test_relay_reads_spaced_chunks)
+             test_scan_whitespace, test_relay_reads_spaced_chunks, test_jitter_per_context)
