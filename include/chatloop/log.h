@@ -4,7 +4,9 @@
  * Lines are gathered in a per-process buffer and written to stderr with one
  * write(2) per loop iteration (cl_log_flush from the worker's check handle),
  * or at once when no loop is running (startup, supervisor) or the buffer
- * passes 64 KiB. Messages must never contain secrets: callers log key names,
+ * passes 64 KiB. A line buffered while the loop has nothing else to do (the
+ * "listening" line, one logged from a timer) calls the wake hook, so the
+ * iteration reaches the flush instead of waiting in poll for unrelated I/O. Messages must never contain secrets: callers log key names,
  * never values of api_key, jwt_secret, passwords or tokens.
  */
 #ifndef CHATLOOP_LOG_H
@@ -16,6 +18,11 @@
 void cl_log_setup(cl_log_level level, cl_log_format format, const char *who);
 /** When on, lines wait in the buffer until cl_log_flush (worker loops). */
 void cl_log_set_buffered(int on);
+/** While lines are buffered: `wake(ud)` runs when a line starts waiting in
+ *  an empty buffer (once until the next flush). The loop's owner installs
+ *  it (the worker: cl_worker_wake_flush); base/ knows nothing of loops.
+ *  NULL removes it. */
+void cl_log_set_wake(void (*wake)(void *ud), void *ud);
 int cl_log_enabled(cl_log_level level);
 void cl_log(cl_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void cl_log_flush(void);

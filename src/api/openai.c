@@ -170,8 +170,36 @@ static int start_stream(relay *rl)
                         "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
 }
 
+/* An upstream event whose data spanned several `data:` lines arrives joined
+ * with "\n" (SSE's rule); written back on one line, everything after its
+ * first newline would be lines without a field name, which the client's
+ * parser drops. So each line of the payload gets its own `data:`. */
+static int write_multiline_frame(relay *rl, const char *data, size_t len)
+{
+    cl_buf b;
+    cl_buf_init(&b, 0);
+    int rc = 0;
+    for (const char *p = data, *end = data + len; rc == 0;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        rc |= cl_buf_append_str(&b, "data: ");
+        rc |= cl_buf_append(&b, p, n);
+        rc |= cl_buf_append_char(&b, '\n');
+        if (!nl)
+            break;
+        p = nl + 1;
+    }
+    rc |= cl_buf_append_char(&b, '\n');
+    if (rc == 0)
+        rc = cl_res_write(rl->req, b.data, b.len);
+    cl_buf_release(&b);
+    return rc;
+}
+
 static int write_frame(relay *rl, const char *data, size_t len)
 {
+    if (memchr(data, '\n', len))
+        return write_multiline_frame(rl, data, len);
     uv_buf_t parts[3] = {
         uv_buf_init("data: ", 6),
         uv_buf_init((char *)data, (unsigned int)len),

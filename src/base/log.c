@@ -14,6 +14,9 @@ static cl_log_level g_level = CL_LOG_INFO;
 static cl_log_format g_format = CL_LOG_TEXT;
 static char g_who[32] = "main";
 static int g_buffered;
+static void (*g_wake)(void *ud);
+static void *g_wake_ud;
+static int g_wake_sent;             /* the hook ran since the last flush */
 static cl_buf g_out = {NULL, 0, 0, (size_t)-1};
 
 static const char *level_name(cl_log_level l)
@@ -40,6 +43,13 @@ void cl_log_set_buffered(int on)
         cl_log_flush();
 }
 
+void cl_log_set_wake(void (*wake)(void *ud), void *ud)
+{
+    g_wake = wake;
+    g_wake_ud = ud;
+    g_wake_sent = 0;
+}
+
 int cl_log_enabled(cl_log_level level) { return level >= g_level; }
 cl_log_format cl_log_get_format(void) { return g_format; }
 
@@ -56,6 +66,7 @@ void cl_log_flush(void)
         off += (size_t)n;
     }
     g_out.len = 0;
+    g_wake_sent = 0;
     if (g_out.cap > 4 * LOG_FLUSH_AT)
         cl_buf_release(&g_out);
 }
@@ -97,8 +108,12 @@ void cl_log_end(void)
     if (g_format == CL_LOG_JSON)
         cl_buf_append_char(&g_out, '}');
     cl_buf_append_char(&g_out, '\n');
-    if (!g_buffered || g_out.len >= LOG_FLUSH_AT)
+    if (!g_buffered || g_out.len >= LOG_FLUSH_AT) {
         cl_log_flush();
+    } else if (g_wake && !g_wake_sent) {
+        g_wake_sent = 1;
+        g_wake(g_wake_ud);
+    }
 }
 
 void cl_log(cl_log_level level, const char *fmt, ...)

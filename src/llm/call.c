@@ -9,6 +9,7 @@
  */
 #include "llm_internal.h"
 
+#include "chatloop/auth.h"
 #include "chatloop/log.h"
 
 #include <assert.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define SSE_MAX_LINE (1024 * 1024)
 #define MAX_ERROR_BODY (64 * 1024)
@@ -315,8 +317,8 @@ static int schedule_retry(cl_llm_call *c)
             double base = BACKOFF_BASE_MS * pow(2.0, c->attempt - 1);
             if (base > BACKOFF_MAX_MS)
                 base = BACKOFF_MAX_MS;
-            /* full jitter in [base/2, base]: retries from many turns spread */
-            delay = (uint64_t)(base / 2 + (double)rand() / RAND_MAX * base / 2);
+            /* jitter in [base/2, base]: retries from many turns spread */
+            delay = cl_llm__jitter_ms(c->llm, base);
         }
     } else if (c->model_idx + 1 < c->nmodels) {
         c->model_idx++;
@@ -409,14 +411,66 @@ static void on_content_delta(void *ud, const char *text, size_t len)
  * that merely contains one of these words) to jansson; the braces check
  * sends anything that is not an object, like a truncated chunk, to the
  * parser, which reports it as malformed. Glibc's memmem was tried first and
- * cost more than the parse it saved.
+ * cost more than the parse it saved. JSON allows whitespace between any two
+ * tokens (a pretty-printed or multi-line `data:` payload has plenty), so
+ * every look past a key skips it: a filter that only knew `"key":value`
+ * let `"finish_reason" : "stop"` through unparsed.
  */
-enum { SCAN_DECODE = 1, SCAN_USAGE_ONLY = 2 };
-
-static int scan_chunk(const char *d, size_t len)
+static int json_ws(char ch)
 {
+    return ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t';
+}
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && json_ws(*p))
+        p++;
+    return p;
+}
+
+/* p is just past a key's closing quote: its value, or NULL when no colon
+ * follows (the word was a string value, not a key). */
+static const char *member_value(const char *p, const char *end)
+{
+    p = skip_ws(p, end);
+    if (p >= end || *p != ':')
+        return NULL;
+    return skip_ws(p + 1, end);
+}
+
+static int is_word(const char *p, const char *end, const char *w)
+{
+    size_t n = strlen(w);
+    return (size_t)(end - p) >= n && memcmp(p, w, n) == 0;
+}
+
+/* A finish_reason other than null: the relay must see it. */
+static int scan_finish(const char *p, const char *end)
+{
+    const char *v = member_value(p, end);
+    return !v || !is_word(v, end, "null");
+}
+
+/* "choices": [] — the usage-only chunk. */
+static int scan_empty_choices(const char *p, const char *end)
+{
+    const char *v = member_value(p, end);
+    if (!v || v >= end || *v != '[')
+        return 0;
+    v = skip_ws(v + 1, end);
+    return v < end && *v == ']';
+}
+
+int cl_llm__scan_chunk(const char *d, size_t len)
+{
+    while (len && json_ws(*d)) {
+        d++;
+        len--;
+    }
+    while (len && json_ws(d[len - 1]))
+        len--;
     if (len < 2 || d[0] != '{' || d[len - 1] != '}')
-        return SCAN_DECODE;
+        return CL_LLM_SCAN_DECODE;
     int flags = 0;
     const char *end = d + len;
     /* A plain byte loop: quotes are a few bytes apart, and a memchr call
@@ -430,25 +484,23 @@ static int scan_chunk(const char *d, size_t len)
         switch (*p) {
         case 'u':
             if (IS("usage\""))
-                flags |= SCAN_DECODE;
+                flags |= CL_LLM_SCAN_DECODE;
             break;
         case 'e':
             if (IS("error"))
-                flags |= SCAN_DECODE;
+                flags |= CL_LLM_SCAN_DECODE;
             break;
         case 't':
             if (IS("tool_calls\""))
-                flags |= SCAN_DECODE;
+                flags |= CL_LLM_SCAN_DECODE;
             break;
         case 'f':
-            /* finish_reason with a value other than null */
-            if (IS("finish_reason\":") && !(left >= 19 && memcmp(p + 15, "null", 4) == 0) &&
-                !(left >= 20 && memcmp(p + 15, " null", 5) == 0))
-                flags |= SCAN_DECODE;
+            if (IS("finish_reason\"") && scan_finish(p + sizeof "finish_reason\"" - 1, end))
+                flags |= CL_LLM_SCAN_DECODE;
             break;
         case 'c':
-            if (IS("choices\":[]") || IS("choices\": []"))
-                flags |= SCAN_USAGE_ONLY | SCAN_DECODE;
+            if (IS("choices\"") && scan_empty_choices(p + sizeof "choices\"" - 1, end))
+                flags |= CL_LLM_SCAN_USAGE_ONLY | CL_LLM_SCAN_DECODE;
             break;
         }
 #undef IS
@@ -456,13 +508,15 @@ static int scan_chunk(const char *d, size_t len)
     return flags;
 }
 
-/* The opening chunk that only announces the assistant's role (content ""
- * or absent, no tool call, no finish): not yet a token. */
-static int role_only(const char *d, size_t len)
+int cl_llm__role_only(const char *d, size_t len)
 {
     if (!memmem(d, len, "\"role\"", 6) || memmem(d, len, "tool_calls", 10))
         return 0;
-    return memmem(d, len, "\"content\":\"\"", 12) != NULL || memmem(d, len, "\"content\"", 9) == NULL;
+    const char *k = memmem(d, len, "\"content\"", 9);
+    if (!k)
+        return 1;
+    const char *end = d + len, *v = member_value(k + 9, end);
+    return v && (is_word(v, end, "\"\"") || is_word(v, end, "null"));
 }
 
 int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
@@ -476,7 +530,7 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
     if (c->state == CALL_REQUESTING)
         call_set_state(c, CALL_STREAMING);
     c->last_chunk_ms = cl_llm__now(c->llm);
-    if (!c->got_token && !(c->nchunks_attempt++ == 0 && role_only(data, len))) {
+    if (!c->got_token && !(c->nchunks_attempt++ == 0 && cl_llm__role_only(data, len))) {
         /* the first token: from now on the idle timeout applies, which may
          * be due before the first-token timer would fire */
         c->got_token = 1;
@@ -485,8 +539,8 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
         uint64_t left = c->start_ms + cfg->turn_timeout_ms - c->last_chunk_ms;
         uv_timer_start(&c->timer, on_timeout_timer, (left < ms ? left : ms) ? (left < ms ? left : ms) : 1, 0);
     }
-    int scan = scan_chunk(data, len);
-    if (!(scan & SCAN_DECODE) && !c->cb.on_content) {
+    int scan = cl_llm__scan_chunk(data, len);
+    if (!(scan & CL_LLM_SCAN_DECODE) && !c->cb.on_content) {
         c->result.chunks++;
         c->skipped_chunks++;
         if (c->cb.on_chunk)
@@ -496,7 +550,7 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
     /* A turn needs the text of every chunk: plain content chunks are read
      * by the scanner (a fraction of jansson's cost); the first chunk of an
      * attempt still goes through jansson for the model and id. */
-    if (!(scan & SCAN_DECODE) && c->result.chunks > 0 &&
+    if (!(scan & CL_LLM_SCAN_DECODE) && c->result.chunks > 0 &&
         cl_llm_decode_plain_chunk(&c->result, data, len, on_content_delta, c) == CL_WIRE_OK) {
         c->scanned_chunks++;
         if (cl_llm__call_over(c))
@@ -517,7 +571,7 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
     if (cl_llm__call_over(c))
         return -1;
     if (c->cb.on_chunk)
-        c->cb.on_chunk(c->ud, data, len, (scan & SCAN_USAGE_ONLY) != 0);
+        c->cb.on_chunk(c->ud, data, len, (scan & CL_LLM_SCAN_USAGE_ONLY) != 0);
     return cl_llm__call_over(c) ? -1 : 0;
 }
 
@@ -885,6 +939,32 @@ const char *cl_llm_call_model(const cl_llm_call *c)
 
 /* ---- the provider context ------------------------------------------------- */
 
+/* splitmix64: one add and two multiplies per draw, every seed (0 included)
+ * gives a full-period sequence; plenty for spreading retries. */
+uint64_t cl_llm__random(cl_llm *llm)
+{
+    uint64_t z = (llm->rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint64_t cl_llm__jitter_ms(cl_llm *llm, double base_ms)
+{
+    double u = (double)(cl_llm__random(llm) >> 11) * 0x1.0p-53; /* [0, 1) */
+    return (uint64_t)(base_ms / 2 + u * base_ms / 2);
+}
+
+/* Each worker creates its context after the fork, so each gets its own
+ * seed. The kernel's generator is the seed; should it fail, the clock, the
+ * pid and the address still differ between workers. */
+static void seed_jitter(cl_llm *llm)
+{
+    if (cl_random_bytes(&llm->rng, sizeof llm->rng) == 0)
+        return;
+    llm->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)llm;
+}
+
 static char *join_url(const char *base, const char *path)
 {
     size_t bl = strlen(base);
@@ -906,6 +986,7 @@ cl_llm *cl_llm_new(uv_loop_t *loop, const cl_config *cfg)
         return NULL;
     llm->loop = loop;
     llm->cfg = cfg;
+    seed_jitter(llm);
     /* Without a key there is nobody to call: the mock provider answers. */
     llm->provider = cfg->api_key[0] ? cfg->provider : CL_PROVIDER_MOCK;
     if (llm->provider == CL_PROVIDER_MOCK)

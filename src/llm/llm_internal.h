@@ -54,6 +54,9 @@ struct cl_llm {
     cl_llm_call *calls;             /* every live call, for cl_llm_free */
     int active;
     uint64_t next_call_id;          /* names calls in debug lines */
+    uint64_t rng;                   /* retry jitter (splitmix64), seeded per context: the
+                                     * global rand() is unseeded, so every worker drew the
+                                     * same "random" backoffs and retried in lockstep */
     /* Easy handles kept for reuse: curl_easy_reset keeps a handle's
      * buffers, so a new request allocates (and faults in) nothing. */
     CURL *idle_easy[64];
@@ -140,6 +143,21 @@ void cl_llm__fail(cl_llm_call *c, cl_err_code code, const char *msg, int status,
 uint64_t cl_llm__now(const cl_llm *llm);
 /** Bytes of message text in the request (for estimates). */
 size_t cl_llm__prompt_chars(const cl_llm_call *c);
+
+/* call.c: the byte filter that lets a plain content chunk skip the JSON
+ * parse. CL_LLM_SCAN_DECODE: it may carry a finish reason, usage, tool calls
+ * or an error (or is not an object): parse it. CL_LLM_SCAN_USAGE_ONLY: it
+ * has "choices": [] (relayed only to clients that asked for usage). */
+enum { CL_LLM_SCAN_DECODE = 1, CL_LLM_SCAN_USAGE_ONLY = 2 };
+int cl_llm__scan_chunk(const char *data, size_t len);
+/* The opening chunk that only announces the assistant's role (content ""
+ * or null or absent, no tool call): not yet a token. */
+int cl_llm__role_only(const char *data, size_t len);
+
+/* call.c: the next value of the context's jitter generator, and a delay
+ * drawn from it uniformly in [base_ms/2, base_ms]. Not for secrets. */
+uint64_t cl_llm__random(cl_llm *llm);
+uint64_t cl_llm__jitter_ms(cl_llm *llm, double base_ms);
 
 /* call.c: a cleared easy handle from the pool (or a new one), and back. */
 CURL *cl_llm__easy_get(cl_llm *llm);

@@ -56,6 +56,7 @@ typedef struct mock_plan {
     int tool;                   /* answer with a tool call instead of text */
     char tool_name[MOCK_TOOL_NAME_MAX];
     char tool_args[MOCK_TOOL_ARGS_MAX];
+    int multiline;              /* X-Mock-Multiline-Data: each chunk's JSON on several data: lines */
 } mock_plan;
 
 typedef struct mock_stats {

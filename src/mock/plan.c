@@ -328,6 +328,10 @@ int mock_plan_build(mock_app *a, cl_req *r, json_t *root, mock_plan *p)
         goto bad_header;
     if (rc == 0)
         p->fault_after = (int)v;
+    rc = header_uint(r, "x-mock-multiline-data", 1, &v);
+    if (rc < 0)
+        goto bad_header;
+    p->multiline = rc == 0 && v == 1;
 
     p->stream = json_is_true(json_object_get(root, "stream"));
     p->include_usage =

@@ -15,16 +15,28 @@
 #include <stdio.h>
 #include <string.h>
 
-/* `data: {"id":..,"object":"chat.completion.chunk",..,"choices":[` */
+/* `data: {"id":..,"object":"chat.completion.chunk",..,"choices":[`. With
+ * X-Mock-Multiline-Data each member starts a new `data:` line: legal SSE
+ * (the lines of one event join with "\n", which is JSON whitespace), and
+ * what a pretty-printing upstream sends. */
 static int chunk_prefix(cl_buf *b, const mock_gen *g)
 {
+    const char *sep = g->plan.multiline ? ",\ndata: " : ",";
     cl_buf_append_str(b, "data: {\"id\":\"chatcmpl-mock-");
     cl_buf_append_u64(b, g->id);
-    cl_buf_append_str(b, "\",\"object\":\"chat.completion.chunk\",\"created\":");
+    cl_buf_append_str(b, "\"");
+    cl_buf_append_str(b, sep);
+    cl_buf_append_str(b, "\"object\":\"chat.completion.chunk\"");
+    cl_buf_append_str(b, sep);
+    cl_buf_append_str(b, "\"created\":");
     cl_buf_append_u64(b, (unsigned long long)g->created);
-    cl_buf_append_str(b, ",\"model\":");
+    cl_buf_append_str(b, sep);
+    cl_buf_append_str(b, "\"model\":");
     cl_jsonw_cstr(b, g->plan.model);
-    return cl_buf_append_str(b, ",\"system_fingerprint\":\"fp_mock\",\"choices\":[");
+    cl_buf_append_str(b, sep);
+    cl_buf_append_str(b, "\"system_fingerprint\":\"fp_mock\"");
+    cl_buf_append_str(b, sep);
+    return cl_buf_append_str(b, "\"choices\":[");
 }
 
 static int x_groq_id(cl_buf *b, const mock_gen *g)

@@ -113,6 +113,11 @@ void cl_worker_wake_flush(cl_worker *w)
     uv_idle_start(&w->flush_idle, on_idle);
 }
 
+static void on_log_waiting(void *ud)
+{
+    cl_worker_wake_flush(ud);
+}
+
 static void on_check(uv_check_t *h)
 {
     cl_worker *w = h->data;
@@ -248,10 +253,12 @@ int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics,
     w->sig_term.data = w->sig_int.data = w;
     uv_signal_start(&w->sig_term, on_signal, SIGTERM);
     uv_signal_start(&w->sig_int, on_signal, SIGINT);
+    cl_log_set_wake(on_log_waiting, w);
     cl_log_set_buffered(1);
     CL_INFO("worker %d listening on %s (pid %d)", id, cfg->listen, (int)getpid());
 
     uv_run(&loop, UV_RUN_DEFAULT);
+    cl_log_set_wake(NULL, NULL); /* the loop is done: lines go out at once below */
     /* Drained (or stopped): flush what is left, then close every handle. */
     cl_conn_flush_dirty(w);
     CL_INFO("worker %d stopped", id);

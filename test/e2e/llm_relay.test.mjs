@@ -15,6 +15,7 @@ import {
   contentOf,
   drain,
   startBuiltin,
+  startHeaderProxy,
   startMock,
   startRelay,
   stopAll,
@@ -159,6 +160,36 @@ test('the usage-only chunk reaches the client only when it asked include_usage (
 
     const explicitFalse = await streamRaw(s.port, { messages: MESSAGES, stream_options: { include_usage: false } });
     assert.ok(explicitFalse.events.slice(0, -1).every((e) => e.choices.length > 0), 'include_usage false: no usage chunk');
+  }
+});
+
+test('an upstream event whose data spans several data: lines goes out as several data: lines', async () => {
+  // chatloop-mock writes each chunk's members on their own data: lines
+  const proxy = await startHeaderProxy(mock, { 'x-mock-multiline-data': '1' });
+  let ml;
+  try {
+    ml = await startRelay(proxy);
+    for (const body of [{ messages: MESSAGES }, { messages: MESSAGES, stream_options: { include_usage: true } }]) {
+      const r = await streamRaw(ml.port, body);
+      assert.equal(r.status, 200, r.raw);
+      // SSE framing: every line is a field (here only data:) or the blank line ending an event
+      const stray = r.raw.split('\n').filter((l) => l !== '' && !l.startsWith('data: '));
+      assert.deepEqual(stray, [], `lines without a field name: ${JSON.stringify(r.raw.slice(0, 600))}`);
+      const blocks = r.raw.split('\n\n').filter((b) => b);
+      assert.ok(blocks.filter((b) => b.split('\n').length > 1).length >= N, `multi-line events kept: ${r.raw.slice(0, 600)}`);
+      assert.equal(r.events.at(-1), '[DONE]');
+      assert.equal(contentOf(r.events), mockText(N));
+      const usageOnly = r.events.filter((e) => e !== '[DONE]' && e.choices.length === 0);
+      assert.equal(usageOnly.length, body.stream_options ? 1 : 0, 'the usage-only chunk only when asked');
+    }
+    // and the official client reads the same answer
+    const s = await openai(ml).chat.completions.create({ model: MODEL, messages: MESSAGES, stream: true });
+    const { chunks, error } = await drain(s);
+    assert.equal(error, null);
+    assert.equal(contentOf(chunks), mockText(N));
+  } finally {
+    await stopAll(ml);
+    await proxy.stop();
   }
 });
 

@@ -268,4 +268,40 @@ test('the supervisor killed with SIGKILL: its workers drain and exit on their ow
   while ([...pids].some(alive) && Date.now() - t0 < 5000) await sleep(50);
   assert.deepEqual([...pids].filter(alive), [], `workers still running ${Date.now() - t0} ms after the supervisor died`);
   await assert.rejects(get(s.port, '/health', { timeout: 1000 }), 'nothing serves the port any more');
+
+// Worker logs are buffered and written once per loop iteration. A line logged
+// while the loop has nothing else to do must not wait for unrelated I/O.
+test('the workers\' "listening" lines reach stderr before any connection is made', async () => {
+  const both = /worker 0 listening on [\s\S]*worker 1 listening on |worker 1 listening on [\s\S]*worker 0 listening on /;
+  // readyLog: no /health polling, so nothing else wakes the workers' loops
+  const s = await startServer({ workers: 2, logLevel: 'info' }, { readyLog: both, readyMs: 5000 });
+  servers.push(s);
+  assert.match(s.stderr, both);
+  assert.doesNotMatch(s.stderr, /"GET /, 'no request was made before the lines appeared');
+  await expectServing(s.port);
+  assert.deepEqual(await s.stop(), { code: 0, signal: null });
+});
+
+test('a line logged from a timer (a WebSocket idle close) appears without further traffic', async () => {
+  const s = await start({ workers: 1, logLevel: 'debug', wsIdleTimeout: '1s', wsPingInterval: '600ms' });
+  const c = await RawConn.open(s.port);
+  try {
+    await c.write('GET /ws/chat HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+    await c.waitFor(() => c.buf.includes('\r\n\r\n'), 3000, 'the 101');
+    assert.match(c.buf.toString('latin1'), /^HTTP\/1\.1 101 /);
+    // from here the client sends nothing; the timer closes it at ~1.2 s
+    const t0 = Date.now();
+    await withTimeout(
+      (async () => {
+        while (!/ws \S+: closing: (idle|no answer to ping)/.test(s.stderr)) await sleep(20);
+      })(),
+      3000,
+      'the idle-close line on stderr',
+    );
+    assert.ok(Date.now() - t0 < 2500, `the line came ${Date.now() - t0} ms after the upgrade`);
+  } finally {
+    c.destroy();
+  }
+  await s.stop();
 });

@@ -349,6 +349,175 @@ static void test_free_with_live_calls(void)
     cl_buf_release(&b.text);
 }
 
+/* ---- the plain-chunk filter ---------------------------------------------- */
+
+/* JSON whitespace as upstreams write it: none, one of each kind, CRLF, a
+ * mixed run. A chunk template has '~' wherever JSON allows whitespace. */
+static const char *const ws_variants[] = {"", " ", "\t", "\n", "\r\n", " \n\t\r "};
+#define NWS (sizeof ws_variants / sizeof ws_variants[0])
+
+/* variant -1: rotate through the kinds, one per '~'. */
+static char *expand(const char *tmpl, int variant)
+{
+    cl_buf b;
+    cl_buf_init(&b, 0);
+    int k = 0;
+    for (const char *p = tmpl; *p; p++) {
+        if (*p != '~')
+            cl_buf_append_char(&b, *p);
+        else
+            cl_buf_append_str(&b, ws_variants[variant >= 0 ? (size_t)variant : (size_t)k++ % NWS]);
+    }
+    char *out = strdup(cl_buf_cstr(&b));
+    cl_buf_release(&b);
+    return out;
+}
+
+static const struct {
+    const char *tmpl;
+    int flags;
+    int role_only;
+} scan_cases[] = {
+    /* plain content, finish_reason null: skips the parse */
+    {"~{~\"id\"~:~\"c\"~,~\"choices\"~:~[~{~\"index\"~:~0~,~\"delta\"~:~{~\"content\"~:~\"hi\"~}~,"
+     "~\"finish_reason\"~:~null~}~]~}~", 0, 0},
+    {"~{~\"choices\"~:~[~{~\"delta\"~:~{~\"content\"~:~\"hi\"~}~,~\"finish_reason\"~:~\"stop\"~}~]~}~",
+     CL_LLM_SCAN_DECODE, 0},
+    {"~{~\"id\"~:~\"c\"~,~\"choices\"~:~[~]~,~\"usage\"~:~{~\"prompt_tokens\"~:~1~,"
+     "~\"completion_tokens\"~:~2~,~\"total_tokens\"~:~3~}~}~",
+     CL_LLM_SCAN_DECODE | CL_LLM_SCAN_USAGE_ONLY, 0},
+    {"~{~\"choices\"~:~[~{~\"delta\"~:~{~\"tool_calls\"~:~[~{~\"index\"~:~0~}~]~}~}~]~}~",
+     CL_LLM_SCAN_DECODE, 0},
+    {"~{~\"error\"~:~{~\"message\"~:~\"m\"~}~}~", CL_LLM_SCAN_DECODE, 0},
+    {"~{~\"choices\"~:~[~{~\"delta\"~:~{~\"role\"~:~\"assistant\"~,~\"content\"~:~\"\"~}~}~]~}~", 0,
+     1},
+    {"~{~\"choices\"~:~[~{~\"delta\"~:~{~\"role\"~:~\"assistant\"~,~\"content\"~:~null~}~}~]~}~", 0,
+     1},
+    {"~{~\"choices\"~:~[~{~\"delta\"~:~{~\"role\"~:~\"assistant\"~,~\"content\"~:~\"a\"~}~}~]~}~", 0,
+     0},
+    {"~{~\"choices\"~:~[~{~\"delta\"~:~{~\"role\"~:~\"assistant\"~}~}~]~}~", 0, 1},
+};
+#define NCASES (sizeof scan_cases / sizeof scan_cases[0])
+
+static void test_scan_whitespace(void)
+{
+    for (size_t i = 0; i < NCASES; i++) {
+        for (int v = -1; v < (int)NWS; v++) {
+            char *d = expand(scan_cases[i].tmpl, v);
+            int flags = cl_llm__scan_chunk(d, strlen(d));
+            int role = cl_llm__role_only(d, strlen(d));
+            if (flags != scan_cases[i].flags || role != scan_cases[i].role_only) {
+                fprintf(stderr, "  case %zu variant %d: flags %d role_only %d for %s\n", i, v, flags,
+                        role, d);
+                CHECK(0);
+            }
+            free(d);
+        }
+    }
+    /* what the filter must keep sending to the parser */
+    static const char *const decode[] = {
+        "", "{", "}", " [1] ", "{\"a\":1", "\"finish_reason\"}",
+        "{\"x\":\"finish_reason\"}", /* a value, not a key: parse, to be safe */
+        "{\"finish_reason\" : \"length\"}", "{\"finish_reason\":\n\"stop\"}",
+    };
+    for (size_t i = 0; i < sizeof decode / sizeof decode[0]; i++)
+        CHECK(cl_llm__scan_chunk(decode[i], strlen(decode[i])) & CL_LLM_SCAN_DECODE);
+    CHECK_EQ_INT(cl_llm__scan_chunk("{\"choices\": [ 1 ]}", 18), 0);
+    CHECK_EQ_INT(cl_llm__scan_chunk("{\"finish_reason\" :\tnull}", 24), 0);
+}
+
+/* The relay's view (no on_content): chunks spelled with any whitespace must
+ * still give it the finish reason, and mark the usage-only chunk so it
+ * reaches only clients that asked for usage. */
+typedef struct relay_rec {
+    int chunks, usage_only, errors, dones;
+} relay_rec;
+
+static void relay_chunk(void *ud, const char *data, size_t len, int usage_only)
+{
+    relay_rec *r = ud;
+    r->chunks++;
+    r->usage_only += usage_only;
+}
+
+static void relay_error(void *ud, cl_err_code code, const char *message, int status,
+                        const char *body, const cl_llm_result *partial)
+{
+    ((relay_rec *)ud)->errors++;
+}
+
+static void relay_done(void *ud, const cl_llm_result *res, const char *body, size_t len)
+{
+    ((relay_rec *)ud)->dones++;
+}
+
+static void test_relay_reads_spaced_chunks(void)
+{
+    static const cl_llm_callbacks relay_cb = {
+        .on_chunk = relay_chunk, .on_done = relay_done, .on_error = relay_error,
+    };
+    for (int v = -1; v < (int)NWS; v++) {
+        env e;
+        env_init(&e, 3, 0, 60000); /* the mock stays silent: the test feeds the chunks */
+        json_t *m = json_pack("[{s:s,s:s}]", "role", "user", "content", "hi");
+        cl_llm_params p = {.stream = 1};
+        json_t *req = cl_llm_build_request(&e.cfg, m, &p);
+        relay_rec r = {0};
+        cl_llm_call *c = cl_llm_start(e.llm, req, &relay_cb, &r);
+        json_decref(req);
+        json_decref(m);
+        for (size_t i = 0; i < 3; i++) {
+            char *d = expand(scan_cases[i].tmpl, v);
+            CHECK_EQ_INT(cl_llm__on_event(c, d, strlen(d)), 0);
+            free(d);
+        }
+        CHECK_EQ_INT(r.chunks, 3);
+        CHECK_EQ_INT(r.usage_only, 1);
+        CHECK_EQ_INT(r.errors, 0);
+        CHECK_EQ_STR(c->result.finish_reason, "stop");
+        CHECK(c->result.usage.present);
+        CHECK_EQ_INT(c->result.usage.total_tokens, 3);
+        cl_llm_cancel(c);
+        CHECK_EQ_INT(r.dones + r.errors, 0);
+        env_done(&e);
+    }
+}
+
+/* ---- retry jitter ------------------------------------------------------------ */
+
+/* Two contexts (two workers) draw different jitter: with one unseeded
+ * generator shared by every process, all workers backed off in lockstep. */
+static void test_jitter_per_context(void)
+{
+    env a, b;
+    env_init(&a, 1, 0, 0);
+    env_init(&b, 1, 0, 0);
+    uint64_t sa[16], sb[16];
+    int same = 0, repeats = 0;
+    for (int i = 0; i < 16; i++) {
+        sa[i] = cl_llm__jitter_ms(a.llm, 8000);
+        sb[i] = cl_llm__jitter_ms(b.llm, 8000);
+        CHECK(sa[i] >= 4000 && sa[i] <= 8000);
+        CHECK(sb[i] >= 4000 && sb[i] <= 8000);
+        same += sa[i] == sb[i];
+        repeats += i > 0 && sa[i] == sa[i - 1];
+    }
+    CHECK(same < 3);    /* equal draws happen (1 in 4000 each), a shared sequence would be 16 */
+    CHECK(repeats < 3); /* and the sequence moves */
+    /* the whole range is used: 200 draws spread over both halves */
+    int low = 0, high = 0;
+    for (int i = 0; i < 200; i++) {
+        uint64_t d = cl_llm__jitter_ms(a.llm, 1000);
+        CHECK(d >= 500 && d <= 1000);
+        low += d < 750;
+        high += d >= 750;
+    }
+    CHECK(low > 50 && high > 50);
+    env_done(&a);
+    env_done(&b);
+}
+
 CL_TEST_MAIN(test_transition_table, test_stream_reaches_done, test_not_streamed,
              test_cancel_inside_on_content, test_cancel_before_first_token,
-             test_first_token_timeout, test_back_pressure, test_free_with_live_calls)
+             test_first_token_timeout, test_back_pressure, test_free_with_live_calls,
+             test_scan_whitespace, test_relay_reads_spaced_chunks, test_jitter_per_context)

@@ -106,6 +106,45 @@ static void test_plain_chunk(void)
     }
 }
 
+/* JSON whitespace between any two tokens, every kind ('~' in a template):
+ * the scanner path must still read the plain shape, and agree with jansson. */
+static void test_plain_chunk_whitespace(void)
+{
+    static const char *const ws[] = {"", " ", "\t", "\n", "\r\n", " \n\t\r "};
+    static const char *const tmpl[] = {
+        "~{~\"id\"~:~\"c\"~,~\"choices\"~:~[~{~\"index\"~:~0~,~\"delta\"~:~{~\"content\"~:~\" tok2\"~}~,"
+        "~\"finish_reason\"~:~null~}~]~}~",
+        "~{~\"choices\"~:~[~{~\"delta\"~:~{~\"content\"~:~null~}~}~]~,~\"x_groq\"~:~{~\"id\"~:~\"q\"~}~}~",
+        "~{~\"choices\"~:~[~{~\"delta\"~:~{~\"role\"~:~\"assistant\"~,~\"content\"~:~\"a\\nb\"~}~,"
+        "~\"logprobs\"~:~null~}~]~}~",
+    };
+    const char *want[] = {" tok2", "", "a\nb"};
+    for (size_t t = 0; t < sizeof tmpl / sizeof tmpl[0]; t++) {
+        for (size_t v = 0; v < sizeof ws / sizeof ws[0]; v++) {
+            cl_buf d;
+            cl_buf_init(&d, 0);
+            for (const char *p = tmpl[t]; *p; p++) {
+                if (*p == '~')
+                    cl_buf_append_str(&d, ws[v]);
+                else
+                    cl_buf_append_char(&d, *p);
+            }
+            cl_llm_result a, b;
+            cl_llm_result_init(&a);
+            cl_llm_result_init(&b);
+            CHECK_EQ_INT(cl_llm_decode_chunk(&a, d.data, d.len, NULL, NULL, g_err, sizeof g_err),
+                         CL_WIRE_OK);
+            CHECK_EQ_INT(cl_llm_decode_plain_chunk(&b, d.data, d.len, NULL, NULL), CL_WIRE_OK);
+            CHECK_EQ_STR(cl_buf_cstr(&b.content) ? cl_buf_cstr(&b.content) : "", want[t]);
+            CHECK_EQ_INT(a.content.len, b.content.len);
+            CHECK_EQ_INT(a.chunks, b.chunks);
+            cl_llm_result_free(&a);
+            cl_llm_result_free(&b);
+            cl_buf_release(&d);
+        }
+    }
+}
+
 static void test_usage_sources(void)
 {
     cl_llm_result r;
@@ -393,5 +432,6 @@ static void test_completion(void)
     cl_llm_result_free(&r);
 }
 
-CL_TEST_MAIN(test_content_and_meta, test_plain_chunk, test_usage_sources, test_upstream_errors, test_malformed,
-             test_tool_call_limits, test_content_cap, test_error_body, test_completion)
+CL_TEST_MAIN(test_content_and_meta, test_plain_chunk, test_plain_chunk_whitespace,
+             test_usage_sources, test_upstream_errors, test_malformed, test_tool_call_limits,
+             test_content_cap, test_error_body, test_completion)

@@ -160,9 +160,10 @@ export class Server {
  * Starts chatloop with an empty config file (so conf/chatloop.conf does not
  * matter), on a free 127.0.0.1 port, and waits until GET /health answers.
  * `opts` are config keys as flags (camelCase or dashed), e.g.
- * {workers: 2, headerTimeout: '1s'}.
+ * {workers: 2, headerTimeout: '1s'}. With `readyLog` (a RegExp) it waits for
+ * that on stderr instead, without connecting at all.
  */
-export async function startServer(opts = {}, { env = {}, readyMs = 10000, config = '' } = {}) {
+export async function startServer(opts = {}, { env = {}, readyMs = 10000, config = '', readyLog } = {}) {
   const s = new Server();
   s.port = await freePort();
   s.config = path.join(s.tmp, 'chatloop.conf');
@@ -202,13 +203,18 @@ export async function startServer(opts = {}, { env = {}, readyMs = 10000, config
     if (s.exited) {
       throw new Error(`chatloop exited during startup (${JSON.stringify(s.exited)}): ${s.args.join(' ')}\n${s.logTail()}`);
     }
-    try {
-      const r = await get(s.port, '/health', { timeout: 1000 });
-      if (r.status === 200) break;
-    } catch {}
+    if (readyLog) {
+      if (readyLog.test(s.stderr)) break;
+    } else {
+      try {
+        const r = await get(s.port, '/health', { timeout: 1000 });
+        if (r.status === 200) break;
+      } catch {}
+    }
     if (Date.now() > deadline) {
       await s.stop(2000).catch(() => {});
-      throw new Error(`chatloop did not answer /health within ${readyMs} ms\n${s.logTail()}`);
+      const what = readyLog ? `write ${readyLog} to stderr` : 'answer /health';
+      throw new Error(`chatloop did not ${what} within ${readyMs} ms\n${s.logTail()}`);
     }
     await sleep(50);
   }
