@@ -235,6 +235,9 @@ static int conn_write(cl_ws *ws, const void *data, size_t len)
  * byte what wslay_frame_send writes (see the top on why). */
 static int write_frame(cl_ws *ws, uint8_t opcode, const void *data, size_t len)
 {
+    /* Outside a pump wslay holds nothing unsent (send_cb takes everything),
+     * so this frame cannot land inside one of wslay's. */
+    assert(ws->depth || !ws->ctx || !wslay_event_want_write(ws->ctx));
     uint8_t h[10];
     size_t hl;
     h[0] = (uint8_t)(0x80 | opcode);
@@ -282,6 +285,7 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
     cl_ws *ws = user_data;
     ws_feed *f = ws->rx;
     (void)flags;
+    assert(ws->depth && f); /* wslay reads only inside pump */
     if (f->len == 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
@@ -396,6 +400,9 @@ static size_t scan_frames(cl_ws *ws, const uint8_t *p, size_t n, int *code, cons
             i += take;
             continue;
         }
+        /* a header is at most 14 bytes: it ends (hlen back to 0) at its
+         * mask key, so the 4-bit count never wraps */
+        assert(ws->scan_hlen < 14);
         if (ws->scan_hlen < SCAN_HDR_KEPT)
             ws->scan_hdr[ws->scan_hlen] = p[i];
         i++;
@@ -541,12 +548,17 @@ static void send_queued(cl_ws *ws)
             cl_conn_close(c);
         return;
     }
+    /* send_cb always takes everything (see the top) */
+    assert(!wslay_event_want_write(ws->ctx));
 }
 
-/* Feeds `f` to wslay and sends what that queued. */
+/* Feeds `f` to wslay and sends what that queued. Reads and ticks come
+ * from the loop, never from inside wslay or a handler callback, so pumps
+ * do not nest and depth is 0 or 1. */
 static void pump(cl_ws *ws, ws_feed *f)
 {
     wslay_event_context_ptr ctx = ws->ctx;
+    assert(ws->depth == 0);
     ws->depth++;
     ws->rx = f;
     if (f->len && wslay_event_want_read(ctx)) {
@@ -579,6 +591,8 @@ static void notify_close(cl_ws *ws)
 {
     if (ws->state == CL_WS_CLOSED)
         return;
+    /* never inside a call the handler made into us (see the top) */
+    assert(ws->depth == 0);
     set_state(ws, CL_WS_CLOSED);
     int code = ws->close_code ? ws->close_code : 1006;
     CL_DEBUG("ws %s: closed with %d", ws->conn->peer, code);
