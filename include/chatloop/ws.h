@@ -25,7 +25,7 @@
  *
  * Memory: wslay's context (≈ 8.5 KiB of frame buffers) exists only while a
  * frame or fragmented message is being read or a close is under way: an
- * idle socket keeps the cl_conn and a ~100-byte cl_ws, no buffers.
+ * idle socket keeps the cl_conn and a 72-byte cl_ws, no buffers.
  *
  * Close codes we choose: 1000 "idle" after ws_idle_timeout without a data
  * message, 1001 on shutdown, 1003 for a binary message, 1007 for text that
@@ -61,7 +61,8 @@ typedef struct cl_ws_handler {
     void (*on_close)(cl_ws *ws, int code);
     /** The worker is draining (SIGTERM). The handler lets its running work
      *  finish and then calls cl_ws_close(ws, 1001, ...) itself (at once if
-     *  it has none). NULL: the socket is closed with 1001 right away. */
+     *  it has none). NULL: the socket is closed with 1001 right away.
+     *  Not called for a socket whose close is already under way. */
     void (*on_shutdown)(cl_ws *ws);
 } cl_ws_handler;
 

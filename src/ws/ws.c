@@ -16,16 +16,19 @@
  * Memory (STYLE 10). A wslay context is ≈ 8.5 KiB (a 4 KiB input buffer,
  * a 4 KiB fragment buffer, queues). It exists only while it holds state
  * that matters:
- *   - a frame partly read: we count the bytes wslay pulled (rx_fed) and
- *     the wire size of the frames it finished (rx_framed, from
- *     on_frame_recv_start/end); equal means its input buffer is empty and
- *     it waits for a frame header;
- *   - a fragmented message in progress (FIN=0 until the last continuation);
+ *   - a frame partly read: the frame scanner (below) has seen every byte
+ *     wslay was given, so a scanner between frames means wslay's input
+ *     buffer is empty and it waits for a frame header;
+ *   - a fragmented message in progress (FIN=0 until the last continuation;
+ *     the scanner knows that too);
  *   - anything queued or half sent;
  *   - any part of a closing handshake, or reading/writing switched off.
  * Otherwise it is freed after each pump and created again when bytes
  * arrive. Everything that must outlive it (close code, liveness, idle
- * clock) lives in struct cl_ws, so recreation is invisible.
+ * clock) lives in struct cl_ws, so recreation is invisible. struct cl_ws
+ * itself is what every idle socket pays: 72 bytes, an 80-byte malloc
+ * chunk; keep it there (counters sized by what bounds them, flags in
+ * bits, nothing that only matters inside a call).
  *
  * Data frames skip wslay's queue: a server frame is unmasked, 2–10 header
  * bytes and the payload, written straight into the output. That is safe at
@@ -46,6 +49,21 @@
  * (a fragmented ping) close without a code. Each read is cut before the
  * first bad header, wslay gets what precedes it, and the connection fails
  * with 1002, 1003 or 1009 and a reason at once (RFC 6455 §7.1.7).
+ *
+ * Lifecycle (STYLE 6): one state field, set only by set_state, which
+ * checks the transition against ws_next[] (cl_ws__legal), logs it and
+ * arms what the new state needs:
+ *
+ *   OPEN ──shutdown──> DRAINING ──cl_ws_close──> CLOSING ──sent──> CLOSE_WAIT
+ *     └─────────────cl_ws_close / fail───────────────^
+ *   any state ──the connection ends──> CLOSED (on_close has run)
+ *
+ * Closes that wslay starts itself (the reply to the peer's close, its own
+ * protocol errors) stop its reading at once, so they end the connection
+ * after the output without a state of ours in between; CLOSE_WAIT is only
+ * ever a close of ours that still waits for the peer's reply. Whether the
+ * connection is ending (cl_conn closing or closing after its output) is
+ * the connection's own state, read through conn_ending().
  *
  * Liveness: the connection's single timer is a tick every
  * ws_ping_interval (STYLE 4; nothing is re-armed per frame, frames only
@@ -70,6 +88,7 @@
 #include "chatloop/version.h"
 #include "chatloop/worker.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,41 +104,47 @@
 /* wslay_event_queue_close's limit on the reason (125 minus the code). */
 #define CLOSE_REASON_MAX 123
 
-/* The client's frame headers as they arrive, independent of wslay's
- * buffers (so it survives the context being freed between frames). */
-typedef struct ws_scan {
-    uint8_t hdr[14];                /* the header being read: 2 + 8 length + 4 mask */
-    uint8_t hlen;                   /* bytes of it so far */
-    unsigned in_msg : 1;            /* a data message with FIN=0 is open */
-    uint64_t left;                  /* payload bytes of the current frame still to come */
-    uint64_t msg_len;               /* payload of the open data message so far */
-} ws_scan;
+/* The mask key is counted, not kept: judging needs only the first two
+ * bytes and the extended length. */
+#define SCAN_HDR_KEPT 10
 
+/* The bytes one pump hands to wslay, on ws_on_data's stack: an idle socket
+ * holds no pointer into a read buffer. */
+typedef struct ws_feed {
+    const char *p;
+    size_t len;
+} ws_feed;
+
+/*
+ * One per socket, so every byte counts (see the top). Payload counters are
+ * 32 bits: judge_length bounds a data frame and a message by
+ * max_ws_message_bytes (at most 1 GiB, config.c), judge_start a control
+ * frame by 125.
+ */
 struct cl_ws {
     cl_conn *conn;
     const cl_ws_handler *h;
     void *ud;
     wslay_event_context_ptr ctx;    /* NULL while quiescent (see top) */
-    const char *rx;                 /* bytes being fed to wslay (only inside pump) */
-    size_t rx_len;
-    uint64_t rx_fed;                /* bytes recv_cb handed to this ctx */
-    uint64_t rx_framed;             /* wire bytes of the frames it finished */
-    uint64_t frame_bytes;           /* wire size of the frame being read */
+    ws_feed *rx;                    /* bytes being fed to wslay (only inside pump) */
     uint64_t last_msg_ms;           /* last data message from the peer (idle clock) */
+    /* The client's frame headers as they arrive, independent of wslay's
+     * buffers (so it survives the context being freed between frames). */
+    uint32_t scan_left;             /* payload bytes of the current frame still to come */
+    uint32_t scan_msg_len;          /* payload of the open data message so far */
     uint16_t close_code;            /* first close code sent or received; 0: none yet */
-    uint8_t depth;                  /* >0 while wslay or the handler's on_close is on the stack */
-    uint8_t misses;                 /* pings in a row answered by nothing */
-    unsigned fragmented : 1;        /* a data message with FIN=0 is being received */
-    unsigned close_queued : 1;      /* we queued a close frame */
-    unsigned close_wait : 1;        /* our close is sent; the timer is its deadline */
-    unsigned notified : 1;          /* on_close has run: the handler is gone */
-    unsigned shutting_down : 1;
+    uint8_t depth;                  /* 1 while wslay or the handler's on_close is on the stack */
+    uint8_t scan_hdr[SCAN_HDR_KEPT]; /* the header being read, up to its mask key */
+    unsigned scan_hlen : 4;         /* header bytes read so far, mask key included (≤ 14) */
+    unsigned scan_in_msg : 1;       /* a data message with FIN=0 is open */
+    unsigned state : 3;             /* a cl_ws_state; only set_state writes it */
+    unsigned misses : 2;            /* pings in a row answered by nothing (2 closes) */
     unsigned congested : 1;         /* went above the high-water mark; on_drain owed */
     unsigned rx_since_ping : 1;     /* any byte from the peer since the last ping */
     unsigned ping_outstanding : 1;
     unsigned held_input : 1;        /* conn->in holds bytes for us (late upgrade) */
-    ws_scan scan;
 };
+_Static_assert(CL_WS__STATE_COUNT <= 8, "cl_ws.state is 3 bits");
 
 static const cl_conn_proto ws_proto;
 
@@ -134,6 +159,60 @@ static size_t high_water(const cl_conn *c)
     if (hw > HIGH_WATER_MAX)
         hw = HIGH_WATER_MAX;
     return hw ? hw : 1;
+}
+
+/* The connection is going away: closed, or closing once its output is
+ * out. Nothing new starts then. */
+static int conn_ending(const cl_conn *c)
+{
+    return c->closing || c->close_after_write;
+}
+
+/* ---- the state machine (see the top) -------------------------------------------- */
+
+static const char *const ws_state_names[CL_WS__STATE_COUNT] = {
+    [CL_WS_OPEN] = "OPEN",
+    [CL_WS_DRAINING] = "DRAINING",
+    [CL_WS_CLOSING] = "CLOSING",
+    [CL_WS_CLOSE_WAIT] = "CLOSE_WAIT",
+    [CL_WS_CLOSED] = "CLOSED",
+};
+
+#define TO(s) (1u << (s))
+static const unsigned ws_next[CL_WS__STATE_COUNT] = {
+    [CL_WS_OPEN] = TO(CL_WS_DRAINING) | TO(CL_WS_CLOSING) | TO(CL_WS_CLOSED),
+    [CL_WS_DRAINING] = TO(CL_WS_CLOSING) | TO(CL_WS_CLOSED),
+    [CL_WS_CLOSING] = TO(CL_WS_CLOSE_WAIT) | TO(CL_WS_CLOSED),
+    [CL_WS_CLOSE_WAIT] = TO(CL_WS_CLOSED),
+    [CL_WS_CLOSED] = 0,
+};
+#undef TO
+
+int cl_ws__legal(cl_ws_state from, cl_ws_state to)
+{
+    return (unsigned)from < CL_WS__STATE_COUNT && (unsigned)to < CL_WS__STATE_COUNT &&
+           (ws_next[from] >> to & 1u);
+}
+
+const char *cl_ws__state_name(cl_ws_state s)
+{
+    return (unsigned)s < CL_WS__STATE_COUNT ? ws_state_names[s] : "?";
+}
+
+static void arm_timer(cl_ws *ws);
+
+/* The one writer of ws->state. Entry work is ours only: the handler is
+ * never called from here (notify_close calls on_close after it), since a
+ * handler may call back into us and a setter that re-enters itself leaves
+ * its caller unsure of the state. A new cl_ws is OPEN by calloc. */
+static void set_state(cl_ws *ws, cl_ws_state to)
+{
+    cl_ws_state from = (cl_ws_state)ws->state;
+    assert(cl_ws__legal(from, to));
+    CL_DEBUG("ws %s: %s -> %s", ws->conn->peer, cl_ws__state_name(from), cl_ws__state_name(to));
+    ws->state = to;
+    if (to == CL_WS_CLOSE_WAIT)
+        arm_timer(ws); /* the timer becomes the deadline for the peer's reply */
 }
 
 /* ---- output ------------------------------------------------------------------ */
@@ -156,6 +235,9 @@ static int conn_write(cl_ws *ws, const void *data, size_t len)
  * byte what wslay_frame_send writes (see the top on why). */
 static int write_frame(cl_ws *ws, uint8_t opcode, const void *data, size_t len)
 {
+    /* Outside a pump wslay holds nothing unsent (send_cb takes everything),
+     * so this frame cannot land inside one of wslay's. */
+    assert(ws->depth || !ws->ctx || !wslay_event_want_write(ws->ctx));
     uint8_t h[10];
     size_t hl;
     h[0] = (uint8_t)(0x80 | opcode);
@@ -201,16 +283,17 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
                        void *user_data)
 {
     cl_ws *ws = user_data;
+    ws_feed *f = ws->rx;
     (void)flags;
-    if (ws->rx_len == 0) {
+    assert(ws->depth && f); /* wslay reads only inside pump */
+    if (f->len == 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    size_t n = len < ws->rx_len ? len : ws->rx_len;
-    memcpy(buf, ws->rx, n);
-    ws->rx += n;
-    ws->rx_len -= n;
-    ws->rx_fed += n;
+    size_t n = len < f->len ? len : f->len;
+    memcpy(buf, f->p, n);
+    f->p += n;
+    f->len -= n;
     return (ssize_t)n;
 }
 
@@ -233,24 +316,10 @@ static void fail(cl_ws *ws, int code, const char *reason)
     wslay_event_shutdown_read(ws->ctx);
     if (wslay_event_queue_close(ws->ctx, (uint16_t)code, (const uint8_t *)reason,
                                 strlen(reason)) == 0) {
-        ws->close_queued = 1;
+        set_state(ws, CL_WS_CLOSING);
         if (!ws->close_code)
             ws->close_code = (uint16_t)code;
     }
-}
-
-static void on_frame_start(wslay_event_context_ptr ctx,
-                           const struct wslay_event_on_frame_recv_start_arg *arg, void *user_data)
-{
-    cl_ws *ws = user_data;
-    (void)ctx;
-    uint64_t n = arg->payload_length;
-    /* scan_frames has already refused unmasked client frames and
-     * non-minimal length encodings, so the header size follows from the
-     * length. */
-    ws->frame_bytes = 2 + 4 + n + (n < 126 ? 0 : n < 65536 ? 2 : 8);
-    if (!wslay_is_ctrl_frame(arg->opcode))
-        ws->fragmented = !arg->fin;
 }
 
 /* ---- frame headers, read ahead of wslay (see the top) -------------------------- */
@@ -258,7 +327,7 @@ static void on_frame_start(wslay_event_context_ptr ctx,
 /* Judges the first two bytes of a client frame header (RFC 6455 §5.2,
  * §5.4, §5.5): 0, or a close code with *why. As early as wslay's own frame
  * layer looks, so that no split of the bytes lets wslay fail first. */
-static int judge_start(const ws_scan *sc, const uint8_t *h, const char **why)
+static int judge_start(const cl_ws *ws, const uint8_t *h, const char **why)
 {
     int fin = h[0] >> 7, rsv = (h[0] >> 4) & 7, op = h[0] & 15, n7 = h[1] & 0x7f;
     if (rsv)
@@ -274,9 +343,9 @@ static int judge_start(const ws_scan *sc, const uint8_t *h, const char **why)
     }
     if (op > 2)
         return *why = "reserved opcode", 1002;
-    if (op == 0 && !sc->in_msg)
+    if (op == 0 && !ws->scan_in_msg)
         return *why = "continuation frame without a message to continue", 1002;
-    if (op != 0 && sc->in_msg)
+    if (op != 0 && ws->scan_in_msg)
         return *why = "new message inside a fragmented one", 1002;
     /* a binary message is refused at its first header, never buffered */
     if (op == WSLAY_BINARY_FRAME)
@@ -301,7 +370,6 @@ static uint64_t payload_len(const uint8_t *h)
  * payload arrives. Updates the message state for a data frame. */
 static int judge_length(cl_ws *ws, const uint8_t *h, const char **why)
 {
-    ws_scan *sc = &ws->scan;
     int fin = h[0] >> 7, op = h[0] & 15, n7 = h[1] & 0x7f;
     uint64_t n = payload_len(h);
     if ((n7 == 126 && n < 126) || (n7 == 127 && (n < 65536 || n >> 63)))
@@ -309,11 +377,12 @@ static int judge_length(cl_ws *ws, const uint8_t *h, const char **why)
     if (op >= 8)
         return 0;
     uint64_t max = ws->conn->w->cfg->max_ws_message_bytes;
-    uint64_t before = op == 0 ? sc->msg_len : 0;
+    uint64_t before = op == 0 ? ws->scan_msg_len : 0;
     if (n > max || before + n > max)
         return *why = "message is larger than max_ws_message_bytes", 1009;
-    sc->msg_len = fin ? 0 : before + n;
-    sc->in_msg = !fin;
+    assert(max <= UINT32_MAX); /* config.c caps max_ws_message_bytes at 1 GiB */
+    ws->scan_msg_len = fin ? 0 : (uint32_t)(before + n);
+    ws->scan_in_msg = !fin;
     return 0;
 }
 
@@ -323,42 +392,42 @@ static int judge_length(cl_ws *ws, const uint8_t *h, const char **why)
  * wslay already holds but cannot have judged yet). */
 static size_t scan_frames(cl_ws *ws, const uint8_t *p, size_t n, int *code, const char **why)
 {
-    ws_scan *sc = &ws->scan;
     size_t i = 0;
     while (i < n) {
-        if (sc->left) {
-            size_t take = sc->left < n - i ? (size_t)sc->left : n - i;
-            sc->left -= take;
+        if (ws->scan_left) {
+            size_t take = ws->scan_left < n - i ? ws->scan_left : n - i;
+            ws->scan_left -= (uint32_t)take;
             i += take;
             continue;
         }
-        sc->hdr[sc->hlen++] = p[i++];
-        size_t h = sc->hlen;
+        /* a header is at most 14 bytes: it ends (hlen back to 0) at its
+         * mask key, so the 4-bit count never wraps */
+        assert(ws->scan_hlen < 14);
+        if (ws->scan_hlen < SCAN_HDR_KEPT)
+            ws->scan_hdr[ws->scan_hlen] = p[i];
+        i++;
+        size_t h = ++ws->scan_hlen;
         if (h < 2)
             continue;
-        size_t ext = (sc->hdr[1] & 0x7f) == 126 ? 2 : (sc->hdr[1] & 0x7f) == 127 ? 8 : 0;
+        const uint8_t *hdr = ws->scan_hdr;
+        size_t ext = (hdr[1] & 0x7f) == 126 ? 2 : (hdr[1] & 0x7f) == 127 ? 8 : 0;
         *code = 0;
         if (h == 2)
-            *code = judge_start(sc, sc->hdr, why);
+            *code = judge_start(ws, hdr, why);
         if (!*code && h == 2 + ext)
-            *code = judge_length(ws, sc->hdr, why);
+            *code = judge_length(ws, hdr, why);
         if (*code) {
-            sc->hlen = 0;
+            ws->scan_hlen = 0;
             return i >= h ? i - h : 0;
         }
         if (h == 2 + ext + 4) { /* the mask key is in: the payload follows */
-            sc->hlen = 0;
-            sc->left = payload_len(sc->hdr);
+            uint64_t len = payload_len(hdr);
+            assert(len <= UINT32_MAX); /* judged above: see struct cl_ws */
+            ws->scan_hlen = 0;
+            ws->scan_left = (uint32_t)len;
         }
     }
     return n;
-}
-
-static void on_frame_end(wslay_event_context_ptr ctx, void *user_data)
-{
-    cl_ws *ws = user_data;
-    (void)ctx;
-    ws->rx_framed += ws->frame_bytes;
 }
 
 static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
@@ -379,7 +448,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
     }
     ws->last_msg_ms = now_ms(ws);
     /* After our close frame the handler gets nothing new to start. */
-    if (ws->notified || ws->close_queued || c->closing || c->close_after_write)
+    if (ws->state >= CL_WS_CLOSING || conn_ending(c))
         return;
     if (ws->h->on_text)
         ws->h->on_text(ws, arg->msg ? (const char *)arg->msg : "", arg->msg_length);
@@ -392,8 +461,6 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 static const struct wslay_event_callbacks ws_callbacks = {
     .recv_callback = recv_cb,
     .send_callback = send_cb,
-    .on_frame_recv_start_callback = on_frame_start,
-    .on_frame_recv_end_callback = on_frame_end,
     .on_msg_recv_callback = on_msg,
 };
 
@@ -409,26 +476,35 @@ static int ctx_ensure(cl_ws *ws)
     }
     /* STYLE 8: wslay's default would buffer a 2 GiB message. */
     wslay_event_config_set_max_recv_msg_length(ws->ctx, ws->conn->w->cfg->max_ws_message_bytes);
-    ws->rx_fed = ws->rx_framed = 0;
-    ws->fragmented = 0;
     return 0;
 }
 
+/* While wslay reads and nothing of ours is closing, the scanner has seen
+ * exactly the bytes wslay took (ws_on_data scans all it feeds, and wslay
+ * takes all it is fed until it stops reading), so "the scanner is between
+ * frames, outside a fragmented message" is "wslay's input holds nothing". */
 static int ctx_quiescent(const cl_ws *ws)
 {
     wslay_event_context_ptr ctx = ws->ctx;
-    return !ws->close_queued && wslay_event_get_read_enabled(ctx) &&
-           wslay_event_get_write_enabled(ctx) && ws->rx_fed == ws->rx_framed &&
-           !ws->fragmented && wslay_event_get_queued_msg_count(ctx) == 0 &&
+    return ws->state < CL_WS_CLOSING && wslay_event_get_read_enabled(ctx) &&
+           wslay_event_get_write_enabled(ctx) && ws->scan_hlen == 0 && ws->scan_left == 0 &&
+           !ws->scan_in_msg && wslay_event_get_queued_msg_count(ctx) == 0 &&
            !wslay_event_want_write(ctx);
 }
 
-static void arm_tick(cl_ws *ws)
+/* The connection's one timer means what the state says: the deadline for
+ * the peer's close reply in CLOSE_WAIT, the liveness tick before. Once the
+ * connection is ending its timer is conn.c's. */
+static void arm_timer(cl_ws *ws)
 {
     cl_conn *c = ws->conn;
     const cl_config *cfg = c->w->cfg;
-    if (ws->close_wait || c->closing || c->close_after_write)
+    if (conn_ending(c))
         return;
+    if (ws->state == CL_WS_CLOSE_WAIT) {
+        cl_conn_set_timeout(c, CLOSE_WAIT_MS);
+        return;
+    }
     uint64_t ms = cfg->ws_ping_interval_ms ? cfg->ws_ping_interval_ms : cfg->ws_idle_timeout_ms;
     cl_conn_set_timeout(c, ms);
 }
@@ -442,7 +518,7 @@ static void after_pump(cl_ws *ws)
     wslay_event_context_ptr ctx = ws->ctx;
     if (!ws->close_code && wslay_event_get_close_sent(ctx))
         ws->close_code = wslay_event_get_status_code_sent(ctx);
-    if (c->closing || c->close_after_write)
+    if (conn_ending(c))
         return;
     if (!wslay_event_want_read(ctx) && !wslay_event_want_write(ctx)) {
         CL_DEBUG("ws %s: closing (%d)", c->peer, ws->close_code);
@@ -450,10 +526,9 @@ static void after_pump(cl_ws *ws)
         return;
     }
     if (wslay_event_get_close_sent(ctx)) {
-        if (!ws->close_wait) {
-            ws->close_wait = 1;
-            cl_conn_set_timeout(c, CLOSE_WAIT_MS);
-        }
+        /* still reading after a close went out: ours (see the top) */
+        if (ws->state != CL_WS_CLOSE_WAIT)
+            set_state(ws, CL_WS_CLOSE_WAIT);
         return;
     }
     if (ctx_quiescent(ws)) {
@@ -462,13 +537,31 @@ static void after_pump(cl_ws *ws)
     }
 }
 
-/* Feeds ws->rx to wslay and sends what that queued. */
-static void pump(cl_ws *ws)
+/* wslay frames what it queued into the connection's output. */
+static void send_queued(cl_ws *ws)
 {
     cl_conn *c = ws->conn;
+    if (c->closing)
+        return;
+    if (wslay_event_send(ws->ctx) != 0) {
+        if (!c->closing)
+            cl_conn_close(c);
+        return;
+    }
+    /* send_cb always takes everything (see the top) */
+    assert(!wslay_event_want_write(ws->ctx));
+}
+
+/* Feeds `f` to wslay and sends what that queued. Reads and ticks come
+ * from the loop, never from inside wslay or a handler callback, so pumps
+ * do not nest and depth is 0 or 1. */
+static void pump(cl_ws *ws, ws_feed *f)
+{
     wslay_event_context_ptr ctx = ws->ctx;
+    assert(ws->depth == 0);
     ws->depth++;
-    if (ws->rx_len && wslay_event_want_read(ctx)) {
+    ws->rx = f;
+    if (f->len && wslay_event_want_read(ctx)) {
         int r = wslay_event_recv(ctx);
         if (r != 0 && !ws->close_code)
             /* a framing error (wslay queued an empty close) or no memory */
@@ -476,9 +569,7 @@ static void pump(cl_ws *ws)
     }
     /* Whatever wslay did not take, it will never read: it stopped reading. */
     ws->rx = NULL;
-    ws->rx_len = 0;
-    if (!c->closing && wslay_event_send(ctx) != 0 && !c->closing)
-        cl_conn_close(c);
+    send_queued(ws);
     ws->depth--;
     after_pump(ws);
 }
@@ -488,21 +579,21 @@ static void pump(cl_ws *ws)
  * it, after the recv that is still running. */
 static void pump_out(cl_ws *ws)
 {
-    cl_conn *c = ws->conn;
     if (ws->depth)
         return;
     ws->depth++;
-    if (!c->closing && wslay_event_send(ws->ctx) != 0 && !c->closing)
-        cl_conn_close(c);
+    send_queued(ws);
     ws->depth--;
     after_pump(ws);
 }
 
 static void notify_close(cl_ws *ws)
 {
-    if (ws->notified)
+    if (ws->state == CL_WS_CLOSED)
         return;
-    ws->notified = 1;
+    /* never inside a call the handler made into us (see the top) */
+    assert(ws->depth == 0);
+    set_state(ws, CL_WS_CLOSED);
     int code = ws->close_code ? ws->close_code : 1006;
     CL_DEBUG("ws %s: closed with %d", ws->conn->peer, code);
     if (ws->h->on_close) {
@@ -516,8 +607,7 @@ static void notify_close(cl_ws *ws)
  * connection is known to be ending. */
 static void settle(cl_ws *ws)
 {
-    cl_conn *c = ws->conn;
-    if (ws->depth == 0 && (c->closing || c->close_after_write))
+    if (ws->depth == 0 && conn_ending(ws->conn))
         notify_close(ws);
 }
 
@@ -536,7 +626,7 @@ static void out_of_memory(cl_ws *ws)
 static void fail_at_header(cl_ws *ws, int code, const char *why)
 {
     cl_conn *c = ws->conn;
-    if (c->closing || c->close_after_write || ws->close_queued)
+    if (conn_ending(c) || ws->state >= CL_WS_CLOSING)
         return;
     if (ctx_ensure(ws) != 0) {
         out_of_memory(ws);
@@ -550,7 +640,7 @@ static void fail_at_header(cl_ws *ws, int code, const char *why)
 static void ws_on_data(cl_conn *c, const char *data, size_t len)
 {
     cl_ws *ws = c->proto_data;
-    if (ws->notified || c->closing || c->close_after_write)
+    if (ws->state == CL_WS_CLOSED || conn_ending(c))
         return;
     ws->rx_since_ping = 1;
     if (ctx_ensure(ws) != 0) {
@@ -563,11 +653,10 @@ static void ws_on_data(cl_conn *c, const char *data, size_t len)
     /* Once wslay stopped reading (a close came, or it failed the peer)
      * the rest is ignored, so there is nothing to judge. */
     size_t ok = len;
-    if (!ws->close_queued && wslay_event_get_read_enabled(ws->ctx))
+    if (ws->state < CL_WS_CLOSING && wslay_event_get_read_enabled(ws->ctx))
         ok = scan_frames(ws, (const uint8_t *)data, len, &code, &why);
-    ws->rx = data;
-    ws->rx_len = ok;
-    pump(ws);
+    ws_feed f = {data, ok};
+    pump(ws, &f);
     if (code)
         fail_at_header(ws, code, why);
     settle(ws);
@@ -596,17 +685,14 @@ static void feed_held_input(cl_ws *ws)
     if (held.len)
         ws_on_data(c, held.data, held.len);
     cl_buf_release(&held);
-    if (ws->close_wait && !c->closing && !c->close_after_write)
-        cl_conn_set_timeout(c, CLOSE_WAIT_MS); /* this tick was also its deadline */
-    else
-        arm_tick(ws);
+    arm_timer(ws); /* in CLOSE_WAIT this tick was also its deadline: a new one */
 }
 
 static void ws_on_timeout(cl_conn *c)
 {
     cl_ws *ws = c->proto_data;
     const cl_config *cfg = c->w->cfg;
-    if (ws->notified || c->close_after_write) {
+    if (ws->state == CL_WS_CLOSED || c->close_after_write) {
         /* our answer or close is stuck behind a peer that does not read */
         cl_conn_close(c);
         settle(ws);
@@ -616,12 +702,13 @@ static void ws_on_timeout(cl_conn *c)
         feed_held_input(ws);
         return;
     }
-    if (ws->close_wait) {
+    if (ws->state == CL_WS_CLOSE_WAIT) {
         CL_DEBUG("ws %s: no close reply within %dms", c->peer, CLOSE_WAIT_MS);
         cl_conn_close(c);
         settle(ws);
         return;
     }
+    /* misses is 2 bits: the second miss closes below, before a third */
     if (ws->ping_outstanding && !ws->rx_since_ping)
         ws->misses++;
     else
@@ -640,7 +727,7 @@ static void ws_on_timeout(cl_conn *c)
         cl_ws_close(ws, code, why);
         /* a close already under way (wslay's own) has its own end; any
          * other state without one must not outlive the tick */
-        if (!c->closing && !c->close_after_write && !ws->close_wait)
+        if (!conn_ending(c) && ws->state != CL_WS_CLOSE_WAIT)
             cl_conn_close(c);
         settle(ws);
         return;
@@ -650,7 +737,7 @@ static void ws_on_timeout(cl_conn *c)
         ws->ping_outstanding = 1;
         ws->rx_since_ping = 0;
     }
-    arm_tick(ws);
+    arm_timer(ws);
     settle(ws);
 }
 
@@ -668,7 +755,7 @@ static void ws_on_drained(cl_conn *c)
     cl_ws *ws = c->proto_data;
     /* conn.c reports only "everything reached the kernel", which is below
      * half the high-water mark by definition. */
-    if (ws->congested && !ws->notified && ws_pending(ws) <= high_water(c) / 2) {
+    if (ws->congested && ws->state != CL_WS_CLOSED && ws_pending(ws) <= high_water(c) / 2) {
         ws->congested = 0;
         if (ws->h->on_drain)
             ws->h->on_drain(ws);
@@ -679,9 +766,10 @@ static void ws_on_drained(cl_conn *c)
 static void ws_on_shutdown(cl_conn *c)
 {
     cl_ws *ws = c->proto_data;
-    if (ws->notified || ws->shutting_down || c->closing || c->close_after_write)
+    /* A close already under way is where on_shutdown would lead. */
+    if (ws->state != CL_WS_OPEN || conn_ending(c))
         return;
-    ws->shutting_down = 1;
+    set_state(ws, CL_WS_DRAINING);
     if (ws->h->on_shutdown)
         ws->h->on_shutdown(ws);
     else
@@ -754,7 +842,7 @@ cl_ws *cl_ws_upgrade(cl_req *r, const cl_ws_handler *h, void *ud)
         ws->held_input = 1;
         cl_conn_set_timeout(c, 1);
     } else {
-        arm_tick(ws);
+        arm_timer(ws);
     }
     /* Inside the HTTP proceed loop reading is on; after a late answer the
      * HTTP layer may have stopped it to hold bytes. */
@@ -778,7 +866,7 @@ cl_conn *cl_ws_conn(const cl_ws *ws)
 int cl_ws_send_text(cl_ws *ws, const char *data, size_t len)
 {
     cl_conn *c = ws->conn;
-    if (ws->notified || ws->close_queued || c->closing || c->close_after_write)
+    if (ws->state >= CL_WS_CLOSING || conn_ending(c))
         return -1;
     /* wslay stopped reading (a close came in, or it failed the peer): its
      * close frame is queued and nothing may follow it. */
@@ -810,7 +898,7 @@ int cl_ws_congested(const cl_ws *ws)
 void cl_ws_close(cl_ws *ws, int code, const char *reason)
 {
     cl_conn *c = ws->conn;
-    if (ws->notified || ws->close_queued || c->closing || c->close_after_write)
+    if (ws->state >= CL_WS_CLOSING || conn_ending(c))
         return;
     if (ctx_ensure(ws) != 0) {
         out_of_memory(ws);
@@ -821,7 +909,7 @@ void cl_ws_close(cl_ws *ws, int code, const char *reason)
         rl = CLOSE_REASON_MAX;
     if (wslay_event_queue_close(ws->ctx, (uint16_t)code, (const uint8_t *)reason, rl) != 0)
         return; /* wslay queued its own close already */
-    ws->close_queued = 1;
+    set_state(ws, CL_WS_CLOSING);
     if (!ws->close_code)
         ws->close_code = (uint16_t)code;
     pump_out(ws);
@@ -833,6 +921,11 @@ int cl_ws_is_ws_proto(const cl_conn *c)
 }
 
 /* ---- test hooks ---------------------------------------------------------------- */
+
+cl_ws_state cl_ws__state(const cl_ws *ws)
+{
+    return (cl_ws_state)ws->state;
+}
 
 int cl_ws__has_ctx(const cl_ws *ws)
 {

@@ -28,6 +28,38 @@ int cl_ws__accept_key(const char *key, size_t len, char out[CL_WS_ACCEPT_LEN + 1
  */
 int cl_ws__check_handshake(cl_req *r, char accept[CL_WS_ACCEPT_LEN + 1]);
 
+/**
+ * The lifecycle of a cl_ws (the diagram is at the top of ws.c). Ordered:
+ * every state from CLOSING on refuses new messages both ways.
+ */
+typedef enum cl_ws_state {
+    /** Messages flow both ways; the timer is the liveness tick. */
+    CL_WS_OPEN,
+    /** The worker drains and the handler has been told (on_shutdown); still
+     *  open until the handler, its work done, closes. */
+    CL_WS_DRAINING,
+    /** We queued a close frame (cl_ws_close, or failing the peer): nothing
+     *  more is sent, nothing new reaches on_text. Left as soon as the frame
+     *  is out, at the end of the pump that queued it. */
+    CL_WS_CLOSING,
+    /** Our close frame is out and we still read, for the peer's reply; the
+     *  timer is its deadline (5 s), after which the connection is cut. */
+    CL_WS_CLOSE_WAIT,
+    /** The connection is ending and on_close has run: the handler is gone.
+     *  Nothing happens any more until the connection frees the cl_ws. */
+    CL_WS_CLOSED,
+    CL_WS__STATE_COUNT
+} cl_ws_state;
+
+/** 1 when ws.c's setter allows `from` -> `to`, else 0 (the table, for tests). */
+int cl_ws__legal(cl_ws_state from, cl_ws_state to);
+
+/** "OPEN", "CLOSE_WAIT", ... ("?" out of range), for logs and tests. */
+const char *cl_ws__state_name(cl_ws_state s);
+
+/** Test hook: the socket's state. */
+cl_ws_state cl_ws__state(const cl_ws *ws);
+
 /** Test hook: 1 while the cl_ws holds a wslay context. */
 int cl_ws__has_ctx(const cl_ws *ws);
 

@@ -503,6 +503,35 @@ static void test_messages_every_split(void)
     teardown();
 }
 
+/* The transition table, pair by pair: what set_state lets through. */
+static void test_state_table(void)
+{
+    enum { O = CL_WS_OPEN, D = CL_WS_DRAINING, C = CL_WS_CLOSING, W = CL_WS_CLOSE_WAIT,
+           X = CL_WS_CLOSED, N = CL_WS__STATE_COUNT };
+    static const char legal[N][N] = {
+        /*        O  D  C  W  X */
+        [O] = {  0, 1, 1, 0, 1 },
+        [D] = {  0, 0, 1, 0, 1 },
+        [C] = {  0, 0, 0, 1, 1 },
+        [W] = {  0, 0, 0, 0, 1 },
+        [X] = {  0, 0, 0, 0, 0 },
+    };
+    for (int from = 0; from < N; from++)
+        for (int to = 0; to < N; to++)
+            if (cl_ws__legal((cl_ws_state)from, (cl_ws_state)to) != legal[from][to]) {
+                fprintf(stderr, "  %s -> %s\n", cl_ws__state_name((cl_ws_state)from),
+                        cl_ws__state_name((cl_ws_state)to));
+                CHECK(0);
+            }
+    /* every state but CLOSED leads to CLOSED: a connection may end anywhere */
+    for (int from = 0; from < X; from++)
+        CHECK(cl_ws__legal((cl_ws_state)from, CL_WS_CLOSED));
+    CHECK_EQ_INT(cl_ws__legal(CL_WS_OPEN, CL_WS__STATE_COUNT), 0);
+    CHECK_EQ_INT(cl_ws__legal((cl_ws_state)-1, CL_WS_CLOSED), 0);
+    CHECK_EQ_STR(cl_ws__state_name(CL_WS_CLOSE_WAIT), "CLOSE_WAIT");
+    CHECK_EQ_STR(cl_ws__state_name(CL_WS__STATE_COUNT), "?");
+}
+
 static void test_close_handshake(void)
 {
     setup();
@@ -538,11 +567,13 @@ static void test_close_handshake(void)
     reset_events();
     c = open_ws();
     cl_ws *ws = cl_ws__of_conn(c);
+    CHECK_EQ_INT(cl_ws__state(ws), CL_WS_OPEN);
     cl_ws_close(ws, 1000, "done");
     d = out_desc(c);
     CHECK_EQ_STR(d, " close(1000,done)");
     free(d);
     CHECK(!c->close_after_write);
+    CHECK_EQ_INT(cl_ws__state(ws), CL_WS_CLOSE_WAIT);
     CHECK_EQ_INT(cl_ws_send_text(ws, "x", 1), -1);
     cl_conn_drop_output(c);
     cl_buf_reset(&b);
@@ -550,6 +581,7 @@ static void test_close_handshake(void)
     close_frame(&b, 1000, "done");
     c->proto->on_data(c, b.data, b.len);
     CHECK(c->close_after_write);
+    CHECK_EQ_INT(cl_ws__state(ws), CL_WS_CLOSED);
     CHECK_EQ_INT(c->out.len, 0);        /* no second close */
     CHECK_EQ_INT(ev.texts, 0);          /* nothing new starts after our close */
     CHECK_EQ_INT(ev.closes, 1);
@@ -1041,6 +1073,7 @@ static void test_shutdown(void)
     c->proto->on_shutdown(c);
     c->proto->on_shutdown(c);
     CHECK_EQ_INT(ev.shutdowns, 1);
+    CHECK_EQ_INT(cl_ws__state(ws), CL_WS_DRAINING);
     CHECK_EQ_INT(c->out.len, 0);
     CHECK_EQ_INT(cl_ws_send_text(ws, "last token", 10), 0);
     cl_ws_close(ws, 1001, "going away");
@@ -1263,7 +1296,7 @@ static void test_idle_memory(void)
     teardown();
 }
 
-CL_TEST_MAIN(test_accept_key, test_handshake_errors,
+CL_TEST_MAIN(test_accept_key, test_handshake_errors, test_state_table,
              test_messages_every_split, test_close_handshake, test_ping_pong, test_oversized,
              test_invalid_utf8, test_binary_refused, test_protocol_errors, test_send_text_forms,
              test_echo_from_on_text, test_ctx_released_when_quiescent, test_liveness_pings,
