@@ -57,6 +57,7 @@ struct cl_conn {
     cl_buf out;                 /* queued output not yet handed to the kernel */
     cl_wbuf *inflight;          /* the one uv_write in flight, or NULL */
     uint32_t held;              /* bytes held for this peer (body, message, output): the budget */
+    uint32_t held_in;           /* of which the protocol's partial input (a WebSocket message) */
     cl_conn *prev, *next;       /* the worker's connection list */
     cl_conn *next_dirty;        /* the worker's flush list */
     uint8_t pending_closes;

@@ -218,6 +218,7 @@ int cl_conn_hold(cl_conn *c, size_t n)
             w->buffered -= g->held;
             cl_metric_sub(&w->metrics->buffered_bytes, g->held);
             g->held = 0;
+            g->held_in = 0;
             g->held_released = 1;
         }
     }

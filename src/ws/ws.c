@@ -390,7 +390,8 @@ static int judge_length(cl_ws *ws, const uint8_t *h, const char **why)
  * all of them unless a header is bad, then the bytes before that header
  * (code and why set; the header may have begun in an earlier read, which
  * wslay already holds but cannot have judged yet). */
-static size_t scan_frames(cl_ws *ws, const uint8_t *p, size_t n, int *code, const char **why)
+static size_t scan_frames(cl_ws *ws, const uint8_t *p, size_t n, int *code, const char **why,
+                          size_t *data_bytes)
 {
     size_t i = 0;
     while (i < n) {
@@ -398,6 +399,9 @@ static size_t scan_frames(cl_ws *ws, const uint8_t *p, size_t n, int *code, cons
             size_t take = ws->scan_left < n - i ? ws->scan_left : n - i;
             ws->scan_left -= (uint32_t)take;
             i += take;
+            /* the current frame's header is still in scan_hdr */
+            if ((ws->scan_hdr[0] & 15) < 8)
+                *data_bytes += take; /* wslay keeps it until the message is whole */
             continue;
         }
         /* a header is at most 14 bytes: it ends (hlen back to 0) at its
@@ -442,6 +446,10 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
     }
     if (arg->opcode != WSLAY_TEXT_FRAME)
         return; /* pings are answered by wslay; any byte already counted as liveness */
+    /* the message is whole: wslay lets go of its payload after this call */
+    size_t held = arg->msg_length < c->held_in ? arg->msg_length : c->held_in;
+    cl_conn_unhold(c, held);
+    c->held_in -= (uint32_t)held;
     if (!cl_utf8_valid(arg->msg, arg->msg_length)) {
         fail(ws, 1007, "text message is not valid UTF-8");
         return;
@@ -652,9 +660,21 @@ static void ws_on_data(cl_conn *c, const char *data, size_t len)
     const char *why = NULL;
     /* Once wslay stopped reading (a close came, or it failed the peer)
      * the rest is ignored, so there is nothing to judge. */
-    size_t ok = len;
+    size_t ok = len, data_bytes = 0;
     if (ws->state < CL_WS_CLOSING && wslay_event_get_read_enabled(ws->ctx))
-        ok = scan_frames(ws, (const uint8_t *)data, len, &code, &why);
+        ok = scan_frames(ws, (const uint8_t *)data, len, &code, &why, &data_bytes);
+    /* Message payload wslay will hold until the message is whole counts
+     * against the worker's budget (max_buffered_bytes) until on_msg. */
+    if (data_bytes) {
+        if (cl_conn_hold(c, data_bytes) != 0) {
+            if (!ws->close_code)
+                ws->close_code = 1013;
+            cl_conn_close(c);
+            settle(ws);
+            return;
+        }
+        c->held_in += (uint32_t)data_bytes;
+    }
     ws_feed f = {data, ok};
     pump(ws, &f);
     if (code)
@@ -780,6 +800,8 @@ static void ws_on_shutdown(cl_conn *c)
 static void ws_on_free(cl_conn *c)
 {
     cl_ws *ws = c->proto_data;
+    cl_conn_unhold(c, c->held_in);
+    c->held_in = 0;
     if (!ws)
         return;
     notify_close(ws);

@@ -110,3 +110,54 @@ test('body_total_timeout: a body trickling one byte at a time (each gap under bo
   const took = Date.now() - t0;
   assert.ok(took >= 1800 && took < 3500, `408 after ${took} ms (body_total_timeout 2 s)`);
 });
+
+/** A masked client frame (mask key 0: the payload goes as is). */
+function wsFrame(opcode, fin, payload) {
+  const n = payload.length;
+  const head = n < 126 ? Buffer.from([opcode | (fin ? 0x80 : 0), 0x80 | n])
+    : n < 65536 ? Buffer.from([opcode | (fin ? 0x80 : 0), 0x80 | 126, n >> 8, n & 255])
+    : Buffer.concat([Buffer.from([opcode | (fin ? 0x80 : 0), 0x80 | 127]), (() => { const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(n)); return b; })()]);
+  return Buffer.concat([head, Buffer.alloc(4), payload]);
+}
+
+/** Upgrades a raw socket on /ws/chat and sends 15 fragments of 64 KiB of one text message, never the last. */
+function holdWsMessage(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, HOST);
+    s.answer = '';
+    s.on('error', () => {});
+    s.on('close', () => (s.closedAt = Date.now()));
+    s.on('data', (d) => {
+      const first = !s.answer;
+      s.answer += d.toString('latin1');
+      if (first && /^HTTP\/1\.1 101 /.test(s.answer)) {
+        const part = Buffer.alloc(64 * 1024, 'a');
+        for (let i = 0; i < 15; i++) s.write(wsFrame(i === 0 ? 1 : 0, false, part));
+        setTimeout(() => resolve(s), 50);
+      }
+    });
+    s.on('connect', () =>
+      s.write(`GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`));
+    setTimeout(() => resolve(s), 5000);
+  });
+}
+
+test('300 WebSockets each holding an unfinished 960 KiB message: the worker stays within max_buffered_bytes', { timeout: 60000 }, async () => {
+  const pid = (await get(srv.port, '/health')).json().pid;
+  const base = rssOf(pid);
+  const socks = [];
+  for (let i = 0; i < 300; i += 30) socks.push(...(await Promise.all(Array.from({ length: 30 }, () => holdWsMessage(srv.port)))));
+  await sleep(500);
+  const held = await metric(srv, 'chatloop_buffered_bytes');
+  const rss = rssOf(pid);
+  const upgraded = socks.filter((s) => /^HTTP\/1\.1 101 /.test(s.answer)).length;
+  const dropped = socks.filter((s) => s.closedAt).length;
+  for (const s of socks) s.destroy();
+  assert.ok(upgraded >= 290, `upgraded: ${upgraded}`);
+  assert.ok(held <= BUDGET, `chatloop_buffered_bytes ${held} > ${BUDGET}`);
+  assert.ok(rss - base < BUDGET + 48 * 1024 * 1024, `worker RSS grew by ${((rss - base) / 1048576).toFixed(1)} MiB (budget 32 MiB)`);
+  assert.ok(dropped >= 200, `dropped: ${dropped} of 300`);
+  await sleep(300);
+  assert.equal((await get(srv.port, '/health')).status, 200);
+  assert.equal(await metric(srv, 'chatloop_buffered_bytes'), 0);
+});
