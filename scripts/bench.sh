@@ -15,7 +15,10 @@
 #       chatloop-mock, at 1,000 turns/s
 #
 # Knobs (environment): BENCH_QUICK=1 shortens every scenario (a smoke run);
-# S1_DUR, S2_SESSIONS, S2_TOKENS, S3_CONNS, S4_RATE, S4_DUR override sizes.
+# S1_DUR, S2_SESSIONS, S2_TOKENS, S3_CONNS, S4_RATE, S4_DUR override sizes;
+# BENCH_ONLY="1 4" runs only those scenarios; BENCH_CHATLOOP and BENCH_CONF
+# measure another chatloop binary with its own config file (an A/B run
+# against an older build, with this checkout's chatbench and mocks).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
@@ -39,6 +42,10 @@ results=bench/results
 mkdir -p "$results"
 stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
 CB=./build/chatbench
+CHATLOOP=${BENCH_CHATLOOP:-./build/chatloop}
+CONF=${BENCH_CONF:-conf/chatloop.conf}
+ONLY=${BENCH_ONLY:-1 2 3 4}
+want() { case " $ONLY " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # ---- PostgreSQL, two mocks ---------------------------------------------------------
 pgport=$(free_port)
@@ -65,7 +72,7 @@ wait_http "$paced_port" /health
 sup=""
 start_chatloop() { # MOCKPORT WORKERS
   cport=$(free_port)
-  GROQ_API_KEY=gsk_fake_bench DATABASE_URL="$dburl" ./build/chatloop --config conf/chatloop.conf \
+  GROQ_API_KEY=gsk_fake_bench DATABASE_URL="$dburl" "$CHATLOOP" --config "$CONF" \
     --listen "127.0.0.1:$cport" --workers "$2" --base-url "http://127.0.0.1:$1/v1" --auth off \
     --access-log off --log-level warn --max-connections 200000 --backlog 4096 \
     --db-pool-size 8 2>>"$tmp/chatloop.log" &
@@ -97,6 +104,7 @@ run_cb() { local out=$1; shift; "$CB" --json "$@" >"$out" || true; }
 echo "bench: $ncores cores, $(date -u +%F), chatloop workers = auto; this takes a few minutes" >&2
 
 # ---- (1) relay throughput -------------------------------------------------------------
+if want 1; then
 echo "bench: (1) relay throughput" >&2
 start_chatloop "$fast_port" auto
 t0=$(cpu_ticks $workers)
@@ -117,8 +125,10 @@ t1=$(cpu_ticks $nginx_workers)
 record 1c "same load through nginx (reference relay)" "$tmp/s1c.json" $((t1 - t0)) "$(mem_kb VmHWM $nginx_workers)"
 kill "$(cat "$tmp/nginx.pid")" 2>/dev/null || true
 rm -f "$tmp/nginx.pid"
+fi
 
 # ---- (2) paced streams ----------------------------------------------------------------
+if want 2; then
 echo "bench: (2) $S2_SESSIONS paced WebSocket streams" >&2
 start_chatloop "$paced_port" auto
 t0=$(cpu_ticks $workers)
@@ -132,8 +142,10 @@ run_cb "$tmp/s2d.json" --mode openai -c "$S2_SESSIONS" -r "${S2_RAMP}s" -d "${S2
   --procs "$ncores" --timeout 120s "http://127.0.0.1:$paced_port/v1/chat/completions"
 record 2d "same sessions straight to chatloop-mock (baseline)" "$tmp/s2d.json" 0 0 ",\"pace_ms\":$PACE_MS"
 stop_chatloop
+fi
 
 # ---- (3) idle capacity ----------------------------------------------------------------
+if want 3; then
 echo "bench: (3) $S3_CONNS idle WebSockets" >&2
 # Each process may hold at most `ulimit -n` sockets: enough workers (and
 # chatbench processes) that each stays well under it, at least one per core.
@@ -161,8 +173,10 @@ wait "$cbpid" || true
 record 3 "idle: $S3_CONNS WebSockets ($w3 workers)" "$tmp/s3.json" 0 "$(mem_kb VmHWM $workers)" \
   ",\"baseline_rss_kb\":$base_kb,\"held_rss_kb\":$held_kb,\"open_at_sample\":${open:-0}"
 stop_chatloop
+fi
 
 # ---- (4) overhead at 1,000 turns/s ---------------------------------------------------------
+if want 4; then
 echo "bench: (4) time to first token at $S4_RATE turns/s" >&2
 start_chatloop "$fast_port" auto
 t0=$(cpu_ticks $workers)
@@ -176,6 +190,7 @@ record 4b "TTFT at $S4_RATE turns/s: /v1 pass-through" "$tmp/s4b.json" $((t1 - t
 stop_chatloop
 run_cb "$tmp/s4d.json" --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "http://127.0.0.1:$fast_port/v1/chat/completions"
 record 4d "TTFT at $S4_RATE turns/s: straight to chatloop-mock" "$tmp/s4d.json" 0 0
+fi
 
 # ---- the table ------------------------------------------------------------------------------
 node scripts/bench-report.mjs "$tmp/rows.jsonl" "$results/$stamp.json" "$ncores" "$(( $(date +%s) - started ))"

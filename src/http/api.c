@@ -1,3 +1,8 @@
+/*
+ * api.c — the /api/v1 envelope of api.h: success and error bodies with
+ * their metadata (request id, processing time), and the answers built from
+ * them. The codes and their HTTP statuses live in base/err.c.
+ */
 #include "chatloop/api.h"
 #include "chatloop/jsonw.h"
 

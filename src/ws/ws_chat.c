@@ -5,9 +5,15 @@
  * (the same cl_turn as SSE uses) keyed by the client's session_id, which
  * names a conversation. Several run at once, up to max_ws_sessions.
  *
- * Client → server: query, cancel, ping. Server → client: connected,
+ * Client → server: query, cancel, ping, auth. Server → client: connected,
  * status, stream_start, token, tool_call, stream_end, complete, error,
- * pong. A cancelled query ends with
+ * pong, authenticated.
+ *
+ * Tokens: the upgrade route is guarded (CL_GUARD_TOKEN_WS: the token and
+ * its user are checked before the 101). A socket lives no longer than its
+ * token: every socket's expiry sits in one per-worker heap under one timer;
+ * at expiry the client hears error UNAUTHORIZED and the socket closes with
+ * 1008, unless an {"type":"auth","token":...} for the same user moved it. A cancelled query ends with
  *   {"type":"stream_end","session_id":...,"timestamp":...,"reason":"cancelled"}
  * and its partial answer is stored with status cancelled.
  *

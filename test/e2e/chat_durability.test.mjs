@@ -18,7 +18,13 @@ import { connect, newSid } from './lib/ws.mjs';
 const TOKENS = 20;
 let pg, mock, srv, srv2;
 const spoolDirs = [];
+const started = []; // every server, so a failed test cannot leave one running
 const baseTest = makeTest(() => [srv, srv2]);
+const startChat = async (...args) => {
+  const s = await startChatServer(...args);
+  started.push(s);
+  return s;
+};
 let pgDown = false;
 /** Each test starts with PostgreSQL up, whatever the one before it left. */
 const test = (name, opts, fn) => {
@@ -47,7 +53,7 @@ before(async () => {
 });
 after(async () => {
   try {
-    await stopAll(srv, srv2, mock);
+    await stopAll(...started.filter((s) => !s.exited), mock);
   } finally {
     if (pg) await pg.stop();
     for (const d of spoolDirs) rmSync(d, { recursive: true, force: true });
@@ -82,7 +88,7 @@ const health = async (s) => {
 const rows = async (sql, params) => (await pg.query(sql, params)).rows;
 
 test('kill -9 mid-stream: the user message (and its conversation) are already stored', async () => {
-  srv = await startChatServer(mock, pg, { spoolDir: newSpoolDir() });
+  srv = await startChat(mock, pg, { spoolDir: newSpoolDir() });
   const u = await newUser(srv.port);
   const message = `remember this ${Date.now()}`;
   const s = openStream(srv.port, '/api/v1/chat', { session_id: `kill-${Date.now()}`, message }, { token: u.token });
@@ -103,7 +109,7 @@ test('kill -9 mid-stream: the user message (and its conversation) are already st
 });
 
 test('the conversation deleted mid-turn: the client hears NOT_FOUND, not done; the tokens are still billed', async () => {
-  srv = await startChatServer(mock, pg, { spoolDir: newSpoolDir() });
+  srv = await startChat(mock, pg, { spoolDir: newSpoolDir() });
   const u = await newUser(srv.port);
   const conv = checkOkEnvelope(assert, await api(srv.port, 'POST', '/api/v1/conversations', { token: u.token, body: {} }), 201);
   const s = openStream(srv.port, `/api/v1/conversations/${conv.id}/messages`, { message: 'hello' }, { token: u.token });
@@ -176,7 +182,7 @@ async function assertStoredOnce(done, tag) {
 
 test('kill -9 of the whole server during an outage: every acknowledged turn is stored exactly once after restart', { timeout: 90000 }, async () => {
   const spoolDir = newSpoolDir();
-  srv = await startChatServer(mock, pg, { spoolDir, workers: 2 });
+  srv = await startChat(mock, pg, { spoolDir, workers: 2 });
   const u = await newUser(srv.port);
   const tag = `outage-${Date.now()}`;
   const streams = await turnsAcrossAnOutage(srv, u, 12, tag);
@@ -190,7 +196,7 @@ test('kill -9 of the whole server during an outage: every acknowledged turn is s
   srv = null;
   await restartPg();
   // a new server on the same spool_dir stores them before it serves
-  srv2 = await startChatServer(mock, pg, { spoolDir, workers: 2 });
+  srv2 = await startChat(mock, pg, { spoolDir, workers: 2 });
   await assertStoredOnce(done, tag);
   assert.deepEqual(
     readdirSync(spoolDir).filter((f) => f.endsWith('.spool') && statSync(path.join(spoolDir, f)).size > 0),
@@ -203,7 +209,7 @@ test('kill -9 of the whole server during an outage: every acknowledged turn is s
 
 test('kill -9 of the worker during an outage: its replacement adopts the spool and stores it once the database is back', { timeout: 90000 }, async () => {
   const spoolDir = newSpoolDir();
-  srv = await startChatServer(mock, pg, { spoolDir });
+  srv = await startChat(mock, pg, { spoolDir });
   srv.allowRestarts = true;
   const u = await newUser(srv.port);
   const tag = `worker-${Date.now()}`;
@@ -227,7 +233,7 @@ test('kill -9 of the worker during an outage: its replacement adopts the spool a
 });
 
 test('a full write queue during an outage fails the turn with DB_UNAVAILABLE instead of acknowledging it', { timeout: 60000 }, async () => {
-  srv = await startChatServer(mock, pg, { spoolDir: newSpoolDir(), dbWriteQueue: 3 });
+  srv = await startChat(mock, pg, { spoolDir: newSpoolDir(), dbWriteQueue: 3 });
   const u = await newUser(srv.port);
   const streams = await turnsAcrossAnOutage(srv, u, 6, `full-${Date.now()}`);
   const ends = streams.map((s) => s.events.at(-1));
@@ -249,7 +255,7 @@ test('a full write queue during an outage fails the turn with DB_UNAVAILABLE ins
 });
 
 test('a table locked from psql: turns answer 503 within db_query_timeout + 1 s, unrelated requests keep being served, /health says so', { timeout: 60000 }, async () => {
-  srv = await startChatServer(mock, pg, { spoolDir: newSpoolDir(), dbQueryTimeout: '2s', dbPoolSize: 2 });
+  srv = await startChat(mock, pg, { spoolDir: newSpoolDir(), dbQueryTimeout: '2s', dbPoolSize: 2 });
   const u = await newUser(srv.port);
   const conv = checkOkEnvelope(assert, await api(srv.port, 'POST', '/api/v1/conversations', { token: u.token, body: {} }), 201);
   const locker = new pgClient.Client({ connectionString: pg.url });
@@ -303,7 +309,7 @@ async function lockTable(table) {
 }
 
 test('request_timeout: a request not answered in time gets 504 and lets go; a WebSocket query gets REQUEST_TIMEOUT and frees its session slot', { timeout: 60000 }, async () => {
-  srv = await startChatServer(mock, pg, { spoolDir: newSpoolDir(), requestTimeout: '1s', dbQueryTimeout: '4s', maxWsSessions: 1 });
+  srv = await startChat(mock, pg, { spoolDir: newSpoolDir(), requestTimeout: '1s', dbQueryTimeout: '4s', maxWsSessions: 1 });
   const u = await newUser(srv.port);
   const conv = checkOkEnvelope(assert, await api(srv.port, 'POST', '/api/v1/conversations', { token: u.token, body: {} }), 201);
   const h = await connect(srv.port, { token: u.token });
@@ -340,13 +346,16 @@ test('request_timeout: a request not answered in time gets 504 and lets go; a We
 });
 
 test('the query queue is bounded (db_queue_max): past it a request fails at once with 503', { timeout: 60000 }, async () => {
-  srv = await startChatServer(mock, pg, { spoolDir: newSpoolDir(), dbQueryTimeout: '3s', dbPoolSize: 1, dbQueueMax: 2 });
+  srv = await startChat(mock, pg, { spoolDir: newSpoolDir(), dbQueryTimeout: '3s', dbPoolSize: 1, dbQueueMax: 2 });
   const u = await newUser(srv.port);
   const lock = await lockTable('conversations');
   try {
     // one running (stuck on the lock), two queued behind it ...
     const stuck = [0, 1, 2].map(() => api(srv.port, 'GET', '/api/v1/conversations', { token: u.token, timeout: 10000 }));
-    await sleep(300);
+    await eventually(async () => {
+      const p = (await health(srv)).body.db.pool;
+      return p.busy === 1 && p.queued === 2;
+    }, 2500, 'one query running and two queued');
     // ... and the next is refused without waiting
     const t0 = Date.now();
     const r = await api(srv.port, 'GET', '/api/v1/usage', { token: u.token });
@@ -362,7 +371,7 @@ test('the query queue is bounded (db_queue_max): past it a request fails at once
 });
 
 test('a database that stops answering (backends frozen with SIGSTOP): the client-side deadline gives the connection up', { timeout: 60000 }, async () => {
-  srv = await startChatServer(mock, pg, { spoolDir: newSpoolDir(), dbQueryTimeout: '1s', dbPoolSize: 1 });
+  srv = await startChat(mock, pg, { spoolDir: newSpoolDir(), dbQueryTimeout: '1s', dbPoolSize: 1 });
   const u = await newUser(srv.port);
   const backends = (await rows("SELECT pid FROM pg_stat_activity WHERE application_name = 'chatloop'")).map((x) => x.pid);
   assert.ok(backends.length >= 1, 'chatloop backends');
@@ -405,7 +414,7 @@ test('U+0000 in the model output: stored as U+FFFD instead of cutting the rest o
   await new Promise((r) => upstream.listen(0, '127.0.0.1', r));
   const baseUrl = `http://127.0.0.1:${upstream.address().port}/v1`;
   try {
-    srv = await startChatServer({ baseUrl }, pg, { spoolDir: newSpoolDir() });
+    srv = await startChat({ baseUrl }, pg, { spoolDir: newSpoolDir() });
     const u = await newUser(srv.port);
     const r = await api(srv.port, 'POST', '/api/v1/chat', { token: u.token, body: { session_id: 'nul', message: 'say it' } });
     const d = checkOkEnvelope(assert, r);

@@ -268,6 +268,7 @@ test('the supervisor killed with SIGKILL: its workers drain and exit on their ow
   while ([...pids].some(alive) && Date.now() - t0 < 5000) await sleep(50);
   assert.deepEqual([...pids].filter(alive), [], `workers still running ${Date.now() - t0} ms after the supervisor died`);
   await assert.rejects(get(s.port, '/health', { timeout: 1000 }), 'nothing serves the port any more');
+});
 
 // Worker logs are buffered and written once per loop iteration. A line logged
 // while the loop has nothing else to do must not wait for unrelated I/O.
