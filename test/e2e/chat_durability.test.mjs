@@ -348,19 +348,22 @@ test('request_timeout: a request not answered in time gets 504 and lets go; a We
 test('the query queue is bounded (db_queue_max): past it a request fails at once with 503', { timeout: 60000 }, async () => {
   srv = await startChat(mock, pg, { spoolDir: newSpoolDir(), dbQueryTimeout: '3s', dbPoolSize: 1, dbQueueMax: 2 });
   const u = await newUser(srv.port);
+  // the worker knows the user now: the requests below queue no lookup of it
+  checkOkEnvelope(assert, await api(srv.port, 'GET', '/api/v1/usage', { token: u.token }));
   const lock = await lockTable('conversations');
   try {
     // one running (stuck on the lock), two queued behind it ...
     const stuck = [0, 1, 2].map(() => api(srv.port, 'GET', '/api/v1/conversations', { token: u.token, timeout: 10000 }));
-    await eventually(async () => {
+    const tq = Date.now();
+    const pool = await eventually(async () => {
       const p = (await health(srv)).body.db.pool;
-      return p.busy === 1 && p.queued === 2;
+      return p.busy === 1 && p.queued === 2 ? p : null;
     }, 2500, 'one query running and two queued');
     // ... and the next is refused without waiting
     const t0 = Date.now();
     const r = await api(srv.port, 'GET', '/api/v1/usage', { token: u.token });
     checkErrorEnvelope(assert, r, 503, 'DB_UNAVAILABLE');
-    assert.match(r.j.message, /queue/);
+    assert.match(r.j.message, /queue/, `queue seen after ${t0 - tq} ms: ${JSON.stringify(pool)}; answered after ${Date.now() - t0} ms`);
     assert.ok(Date.now() - t0 < 500, `refused after ${Date.now() - t0} ms`);
     for (const x of await Promise.all(stuck)) checkErrorEnvelope(assert, x, 503, 'DB_UNAVAILABLE');
   } finally {
