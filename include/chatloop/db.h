@@ -72,7 +72,11 @@ typedef struct cl_db_res {
 
 typedef void (*cl_db_cb)(void *ud, const cl_db_res *res);
 
-enum { CL_DB_DURABLE = 1 };
+/* CL_DB_DURABLE: see "Outages" above. CL_DB_PREPARED: `sql` is a string
+ * with static storage (a `static const char[]`); the pool prepares it once
+ * per connection, recognised by its address, and then only sends the
+ * parameters — PostgreSQL parses and plans it once, not on every call. */
+enum { CL_DB_DURABLE = 1, CL_DB_PREPARED = 2 };
 
 /** The worker's pool; `worker_id` names its spool file. NULL with err set
  *  (e.g. the spool file cannot be opened). */

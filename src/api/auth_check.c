@@ -273,8 +273,8 @@ void cl_auth_guard_dispatch(cl_req *r, int guard, void (*fn)(cl_req *r))
     const char *p[] = {r->user_id};
     r->handler = fn;
     r->guard = (uint8_t)guard;
-    cl_db_query *q = cl_db_exec(app->db, "SELECT 1 FROM users WHERE id = $1::uuid", 1, p, 0,
-                                user_checked, r);
+    static const char sql[] = "SELECT 1 FROM users WHERE id = $1::uuid";
+    cl_db_query *q = cl_db_exec(app->db, sql, 1, p, CL_DB_PREPARED, user_checked, r);
     if (!q) {
         r->handler = NULL;
         cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);

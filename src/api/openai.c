@@ -146,7 +146,7 @@ static void record_usage(relay *rl, const char *model, const cl_llm_usage *u)
                " completion_tokens, total_tokens, estimated, source)"
                " VALUES ($1::uuid, $2, $3, $4::int, $5::int, $6::int, $7::boolean, 'openai')"
                " ON CONFLICT (idempotency_key) DO NOTHING",
-               7, params, CL_DB_DURABLE, usage_stored, NULL);
+               7, params, CL_DB_DURABLE | CL_DB_PREPARED, usage_stored, NULL);
 }
 
 static void relay_abort(cl_req *r)

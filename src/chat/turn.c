@@ -237,7 +237,7 @@ static cl_db_query *store_answer(cl_turn *t, const char *status, const char *mod
     const char *p[] = {t->assistant_msg_id, t->conversation_id, t->user_id, content ? content : "",
                        status, NULL, model, prompt, completion, error, created, key,
                        u->present ? "false" : "true", spend ? "true" : "false"};
-    cl_db_query *q = cl_db_exec(t->app->db, SQL_STORE_ANSWER, 14, p, CL_DB_DURABLE,
+    cl_db_query *q = cl_db_exec(t->app->db, SQL_STORE_ANSWER, 14, p, CL_DB_DURABLE | CL_DB_PREPARED,
                                 cb ? cb : on_background_write, ud);
     free(clean);
     if (!q)
@@ -566,11 +566,11 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
         snprintf(t->conversation_id, sizeof t->conversation_id, "%s", in->conversation_id);
         const char *p[] = {t->conversation_id, t->user_id, limit, t->user_msg_id, t->message,
                            t->started_at};
-        t->load = cl_db_exec(app->db, SQL_LOAD_BY_ID, 6, p, 0, on_loaded, t);
+        t->load = cl_db_exec(app->db, SQL_LOAD_BY_ID, 6, p, CL_DB_PREPARED, on_loaded, t);
     } else {
         const char *p[] = {t->user_id, t->session_key, limit, t->message, t->user_msg_id,
                            t->started_at};
-        t->load = cl_db_exec(app->db, SQL_LOAD_BY_SESSION, 6, p, 0, on_loaded, t);
+        t->load = cl_db_exec(app->db, SQL_LOAD_BY_SESSION, 6, p, CL_DB_PREPARED, on_loaded, t);
     }
     if (!t->load) {
         uv_close((uv_handle_t *)&t->timer, on_timer_closed);
