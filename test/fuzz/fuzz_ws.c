@@ -186,7 +186,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if ((st.flags & F_SHUTDOWN) && at >= size / 2 && at < size / 2 + step)
             c->proto->on_shutdown(c);
         if ((st.flags & F_DRAIN) && !c->closing && !c->close_after_write) {
-            cl_buf_release(&c->out); /* as conn.c does once written */
+            cl_conn_drop_output(c); /* as conn.c does once written */
+            cl_buf_release(&c->out);
             c->proto->on_drained(c);
         }
     }
