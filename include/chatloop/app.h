@@ -56,8 +56,6 @@ enum { CL_GUARD_TOKEN = 1, CL_GUARD_TOKEN_OPENAI, CL_GUARD_TOKEN_WS };
  */
 int cl_auth_guard_head(cl_req *r, int guard);
 void cl_auth_guard_dispatch(cl_req *r, int guard, void (*fn)(cl_req *r));
-/** Drops a user from this worker's cache (its next request looks it up). */
-void cl_auth_forget_user(const char *user_id);
 
 /** The token check itself, for tokens that arrive another way (the
  *  WebSocket's `auth` message). 1 with user_id (and *exp, unix seconds,

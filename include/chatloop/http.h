@@ -99,7 +99,7 @@ struct cl_req {
 };
 
 /** Frees this process's cache of request objects (at worker exit). */
-void cl_http1_worker_cleanup(struct cl_worker *w);
+void cl_http1_cleanup(void);
 
 /**
  * For a protocol switch (cl_ws_upgrade): the handler has queued the 101
@@ -162,8 +162,6 @@ void cl_req_clear_deadline(cl_req *r);
  * cl_req_defer returns NULL after answering 500 when out of memory.
  */
 void *cl_req_defer(cl_req *r, size_t size, void (*cancel)(void *state));
-/** The request a deferred state belongs to (valid until it is resumed). */
-cl_req *cl_req_of(void *state);
 cl_req *cl_req_resume(void *state);
 
 /** Standard reason phrase. */

@@ -60,7 +60,7 @@ static void app_stop(cl_worker *w)
     cl_app *app = w->app;
     if (!app)
         return;
-    cl_http1_worker_cleanup(w);
+    cl_http1_cleanup();
     cl_models_cache_free(app->models);
     cl_llm_free(app->llm);
     cl_db_free(app->db);

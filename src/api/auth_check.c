@@ -284,16 +284,6 @@ void cl_auth_guard_dispatch(cl_req *r, int guard, void (*fn)(cl_req *r))
     r->on_abort = user_check_abort;
 }
 
-void cl_auth_forget_user(const char *user_id)
-{
-    uint8_t id[16];
-    if (uuid_bytes(user_id, id) != 0)
-        return;
-    known_user *k = user_slot(id);
-    if (memcmp(k->id, id, 16) == 0)
-        k->checked_ms = 0;
-}
-
 /* ---- database helpers ------------------------------------------------------------ */
 
 int cl_db_require(cl_req *r)

@@ -66,7 +66,8 @@ static int append_u32(cl_buf *b, uint32_t v)
     return cl_buf_append(b, t, 4);
 }
 
-int cl_spool_encode(cl_buf *b, const char *sql, int nparams, const char *const *params)
+/* Serialises one record (header included) onto b, as the file holds it. */
+static int encode_record(cl_buf *b, const char *sql, int nparams, const char *const *params)
 {
     size_t start = b->len;
     int rc = append_u32(b, RECORD_MAGIC) | append_u32(b, 0) | append_u32(b, 0);
@@ -265,7 +266,7 @@ int cl_spool_append(cl_spool *s, const char *sql, int nparams, const char *const
     if (s->size == 0 && s->pending.len == 0 &&
         cl_buf_append(&s->pending, CL_SPOOL_FILE_MAGIC, HEADER_LEN) != 0)
         return -1;
-    if (cl_spool_encode(&s->pending, sql, nparams, params) != 0)
+    if (encode_record(&s->pending, sql, nparams, params) != 0)
         return -1;
     s->pending_records++;
     s->outstanding++;

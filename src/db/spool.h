@@ -69,8 +69,6 @@ int cl_spool_outstanding(const cl_spool *s);
 long cl_spool_read_file(const char *path, cl_spool_record_cb cb, void *ud, uint64_t *good_bytes,
                         char *err, size_t errlen);
 
-/** Serialises one record (header included) onto b, as the file holds it. */
-int cl_spool_encode(cl_buf *b, const char *sql, int nparams, const char *const *params);
 
 #define CL_SPOOL_FILE_MAGIC "CLSPOOL1\n"
 

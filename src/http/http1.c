@@ -111,9 +111,8 @@ static void req_free(cl_req *r)
     free(r);
 }
 
-void cl_http1_worker_cleanup(cl_worker *w)
+void cl_http1_cleanup(void)
 {
-    (void)w;
     while (g_req_cache) {
         cl_req *r = g_req_cache;
         g_req_cache = r->next_cached;
@@ -647,11 +646,6 @@ void *cl_req_defer(cl_req *r, size_t size, void (*cancel)(void *state))
     r->deferred_cancel = cancel;
     r->on_abort = deferred_abort;
     return d->align;
-}
-
-cl_req *cl_req_of(void *state)
-{
-    return ((deferred *)((char *)state - offsetof(deferred, align)))->req;
 }
 
 cl_req *cl_req_resume(void *state)

@@ -112,7 +112,7 @@ static void on_stop(cl_worker *w)
      * are detached before the app goes: their timers close with callbacks
      * that free only the answer, never touching the app. */
     mock_gen_stop_all(a, 0);
-    cl_http1_worker_cleanup(w);
+    cl_http1_cleanup();
     mock_record_free(a);
     mock_faults_clear(a);
     cl_buf_release(&a->scratch);

@@ -123,7 +123,7 @@ static void teardown(void)
     uv_run(&g_loop, UV_RUN_NOWAIT);
     CHECK_EQ_INT(g_w->nconns, 0);
     cl_router_free(g_w->router);
-    cl_http1_worker_cleanup(g_w);
+    cl_http1_cleanup();
     free(g_w);
     CHECK_EQ_INT(uv_loop_close(&g_loop), 0); /* no handle leaked */
     cl_config_free(&g_cfg);
