@@ -146,11 +146,13 @@ int cl_db_migrate(const char *database_url, char *err, size_t errlen);
  * At startup, in the supervisor: creates spool_dir, locks it for this
  * instance (waiting up to lock_wait_ms for a previous instance's draining
  * workers; the lock fd is returned and stays open for the process's life)
- * and stores every record the previous run left in it (synchronous libpq).
- * A record the database refuses is logged and its file kept as
- * "*.rejected-<time>". Returns 0, or -1 with err set.
+ * and stores every record the previous run left in it (synchronous libpq,
+ * each statement bounded by query_timeout_ms). A record the database
+ * refuses is logged and its file kept as "*.rejected-<time>"; a write that
+ * times out or loses its connection stops the replay (the file stays for
+ * the next start). Returns 0, or -1 with err set.
  */
 int cl_db_spool_prepare(const char *dir, const char *database_url, uint64_t lock_wait_ms,
-                        int *lock_fd, char *err, size_t errlen);
+                        uint64_t query_timeout_ms, int *lock_fd, char *err, size_t errlen);
 
 #endif

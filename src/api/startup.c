@@ -98,6 +98,7 @@ int cl_app_prepare(cl_config *cfg)
     if (cfg->spool_dir[0]) {
         static int lock_fd = -1; /* held (and inherited by the workers) for the process's life */
         if (cl_db_spool_prepare(cfg->spool_dir, cfg->database_url, cfg->drain_timeout_ms + 5000,
+                                cfg->db_query_timeout_ms,
                                 &lock_fd, err, sizeof err) != 0) {
             char safe[512];
             cl_conninfo_redact(cfg->database_url, err, safe, sizeof safe);

@@ -27,6 +27,7 @@
 #include "chatloop/db.h"
 #include "chatloop/log.h"
 #include "chatloop/worker.h"
+#include "db_internal.h"
 #include "spool.h"
 
 #include <arpa/inet.h>
@@ -589,13 +590,17 @@ static int result_ok(const PGresult *r)
 /* Failures a durable write survives by being sent again: the statement
  * ran out of time (a lock held too long), lost a serialization race or a
  * deadlock, or the server is shutting down. */
-static int transient_failure(const PGresult *r)
+int cl_db__transient_sqlstate(const char *ss)
 {
-    const char *ss = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     if (!ss)
         return 0;
     return strcmp(ss, "57014") == 0 || strcmp(ss, "40001") == 0 || strcmp(ss, "40P01") == 0 ||
            strcmp(ss, "55P03") == 0 || strncmp(ss, "57P", 3) == 0 || strncmp(ss, "08", 2) == 0;
+}
+
+static int transient_failure(const PGresult *r)
+{
+    return r && cl_db__transient_sqlstate(PQresultErrorField(r, PG_DIAG_SQLSTATE));
 }
 
 /* Reports what the connection ran, now that it is settled: one query, or

@@ -6,6 +6,7 @@
  */
 #include "chatloop/db.h"
 #include "chatloop/log.h"
+#include "db_internal.h"
 #include "spool.h"
 
 #include <dirent.h>
@@ -89,7 +90,7 @@ static int take_lock(const char *dir, uint64_t wait_ms, int *fd_out, char *err, 
 typedef struct replay {
     PGconn *pg;
     long stored, rejected;
-    int lost;                   /* the connection broke: stop, keep the file */
+    int lost;                   /* the connection broke or the write timed out: stop, keep the file */
 } replay;
 
 static int replay_record(void *ud, const char *sql, int nparams, const char *const *params)
@@ -99,7 +100,10 @@ static int replay_record(void *ud, const char *sql, int nparams, const char *con
     ExecStatusType st = PQresultStatus(r);
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
         rp->stored++;
-    } else if (PQstatus(rp->pg) != CONNECTION_OK) {
+    } else if (PQstatus(rp->pg) != CONNECTION_OK ||
+               cl_db__transient_sqlstate(PQresultErrorField(r, PG_DIAG_SQLSTATE))) {
+        /* not the record's fault (a lock held past statement_timeout, the
+         * server going away): keep it for the next start */
         rp->lost = 1;
     } else {
         const char *ss = PQresultErrorField(r, PG_DIAG_SQLSTATE);
@@ -118,7 +122,7 @@ static int is_spool_file(const char *name)
 }
 
 int cl_db_spool_prepare(const char *dir, const char *database_url, uint64_t lock_wait_ms,
-                        int *lock_fd, char *err, size_t errlen)
+                        uint64_t query_timeout_ms, int *lock_fd, char *err, size_t errlen)
 {
     *lock_fd = -1;
     if (make_dirs(dir, err, errlen) != 0 || take_lock(dir, lock_wait_ms, lock_fd, err, errlen) != 0)
@@ -140,8 +144,13 @@ int cl_db_spool_prepare(const char *dir, const char *database_url, uint64_t lock
         if (stat(path, &st) != 0 || st.st_size == 0)
             continue;
         if (!pg) {
-            const char *const kw[] = {"connect_timeout", "fallback_application_name", "dbname", NULL};
-            const char *const val[] = {"10", "chatloop-spool", database_url, NULL};
+            /* every replayed write has the deadline the workers' have */
+            char opt[64];
+            snprintf(opt, sizeof opt, "-c statement_timeout=%llu",
+                     (unsigned long long)query_timeout_ms);
+            const char *const kw[] = {"connect_timeout", "fallback_application_name", "options",
+                                      "dbname", NULL};
+            const char *const val[] = {"10", "chatloop-spool", opt, database_url, NULL};
             pg = PQconnectdbParams(kw, val, 1);
             if (!pg || PQstatus(pg) != CONNECTION_OK) {
                 snprintf(err, errlen, "spool: cannot connect to replay %s", path);
@@ -154,7 +163,9 @@ int cl_db_spool_prepare(const char *dir, const char *database_url, uint64_t lock
         long n = cl_spool_read_file(path, replay_record, &rp, &good, err, errlen);
         if (n < 0 || rp.lost) {
             if (rp.lost)
-                snprintf(err, errlen, "spool: the database connection broke while replaying %s",
+                snprintf(err, errlen,
+                         "spool: the database did not store the writes of %s (connection lost, "
+                         "or db_query_timeout passed); they are kept for the next start",
                          path);
             rc = -1;
             break;

@@ -195,6 +195,22 @@ test('kill -9 of the whole server during an outage: every acknowledged turn is s
   await srv.stop();
   srv = null;
   await restartPg();
+  // a replay that cannot finish in time (a table locked from psql) keeps
+  // the files and refuses to start, rather than hang or drop them
+  const lock = await lockTable('conversations');
+  const t0 = Date.now();
+  let refused = null;
+  try {
+    await startChat(mock, pg, { spoolDir, workers: 2, dbQueryTimeout: '1s' }, { readyMs: 15000 });
+  } catch (e) {
+    refused = e;
+  } finally {
+    await lock.release();
+  }
+  assert.ok(refused, 'startup must fail while the replay cannot store the spool');
+  assert.match(refused.message, /kept for the next start/);
+  assert.ok(Date.now() - t0 < 8000, `refused after ${Date.now() - t0} ms (db_query_timeout 1 s)`);
+  assert.ok(readdirSync(spoolDir).some((f) => f.endsWith('.spool') && statSync(path.join(spoolDir, f)).size > 0), 'the spool is kept');
   // a new server on the same spool_dir stores them before it serves
   srv2 = await startChat(mock, pg, { spoolDir, workers: 2 });
   await assertStoredOnce(done, tag);
