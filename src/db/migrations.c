@@ -156,8 +156,38 @@ static const char m0001_initial[] =
     "CREATE INDEX document_chunks_tsv_idx ON document_chunks USING gin (tsv);\n"
     "CREATE INDEX document_chunks_user_collection_idx ON document_chunks (user_id, collection);\n";
 
+/* Issue 11: API keys bill under their key, agents get a collection and
+ * unique names, and the rate limits live here so every worker and every
+ * instance sharing the database sees one budget per user (and per client
+ * address on the auth routes).
+ *
+ * user_limits: one row per user. `tat` is the GCRA theoretical arrival
+ * time of the chat-turn bucket (a turn is allowed when tat - now() leaves
+ * room for one more within a minute's burst); `leases` maps the running
+ * turns' ids to when their lease lapses, so a worker killed mid-turn
+ * cannot hold a user's concurrency slot for longer than a turn may run.
+ * ip_limits: the same bucket keyed by client address, for register and
+ * login; rows whose tat has passed mean "full bucket" and are pruned. */
+static const char m0002_keys_agents_limits[] =
+    "ALTER TABLE usage_events ADD COLUMN api_key_id uuid; -- no foreign key: usage outlives keys\n"
+    "ALTER TABLE agents ADD COLUMN collection text;\n"
+    "CREATE UNIQUE INDEX agents_user_name_key ON agents (user_id, name);\n"
+    "\n"
+    "CREATE TABLE user_limits (\n"
+    "    user_id uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,\n"
+    "    tat     timestamptz NOT NULL DEFAULT now(),\n"
+    "    leases  jsonb NOT NULL DEFAULT '{}'\n"
+    ");\n"
+    "\n"
+    "CREATE TABLE ip_limits (\n"
+    "    addr text PRIMARY KEY,\n"
+    "    tat  timestamptz NOT NULL DEFAULT now()\n"
+    ");\n"
+    "CREATE INDEX ip_limits_tat_idx ON ip_limits (tat);\n";
+
 const cl_migration cl_migrations[] = {
     { 1, "0001_initial", m0001_initial },
+    { 2, "0002_keys_agents_limits", m0002_keys_agents_limits },
 };
 
 const size_t cl_migration_count = sizeof cl_migrations / sizeof cl_migrations[0];

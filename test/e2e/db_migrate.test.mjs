@@ -27,7 +27,7 @@ async function migrated() {
   return db;
 }
 
-// Every table and column of migration 0001: "name type" with "!" for NOT NULL
+// Every table and column after the migrations (0001, 0002): "name type" with "!" for NOT NULL
 // (types as information_schema's udt_name).
 const SCHEMA = {
   schema_migrations: ['version int4!', 'name text!', 'applied_at timestamptz!'],
@@ -36,7 +36,7 @@ const SCHEMA = {
     'created_at timestamptz!', 'last_used_at timestamptz', 'revoked_at timestamptz'],
   agents: ['id uuid!', 'user_id uuid!', 'name text!', 'system_prompt text', 'model text',
     'temperature float8', 'max_tokens int4', 'top_p float8', 'reasoning_effort text', 'k int4!',
-    'tools jsonb!', 'created_at timestamptz!', 'updated_at timestamptz!'],
+    'tools jsonb!', 'created_at timestamptz!', 'updated_at timestamptz!', 'collection text'],
   conversations: ['id uuid!', 'user_id uuid!', 'session_key text', 'title text', 'agent_id uuid',
     'system_prompt text', 'model text', 'created_at timestamptz!', 'updated_at timestamptz!'],
   messages: ['id uuid!', 'conversation_id uuid!', 'user_id uuid!', 'role text!', 'content text!',
@@ -44,13 +44,16 @@ const SCHEMA = {
     'error text', 'created_at timestamptz!'],
   usage_events: ['id int8!', 'user_id uuid!', 'idempotency_key text!', 'conversation_id uuid',
     'message_id uuid', 'model text!', 'prompt_tokens int4!', 'completion_tokens int4!',
-    'total_tokens int4!', 'estimated bool!', 'source text!', 'created_at timestamptz!'],
+    'total_tokens int4!', 'estimated bool!', 'source text!', 'created_at timestamptz!',
+    'api_key_id uuid'],
   tasks: ['id uuid!', 'user_id uuid!', 'title text!', 'description text', 'status text!',
     'due_at timestamptz', 'created_at timestamptz!', 'updated_at timestamptz!'],
   documents: ['id uuid!', 'user_id uuid!', 'title text!', 'collection text!', 'content text!',
     'created_at timestamptz!'],
   document_chunks: ['id int8!', 'document_id uuid!', 'user_id uuid!', 'collection text!', 'seq int4!',
     'content text!', 'tsv tsvector'],
+  user_limits: ['user_id uuid!', 'tat timestamptz!', 'leases jsonb!'],
+  ip_limits: ['addr text!', 'tat timestamptz!'],
 };
 
 test('migrations apply to an empty database: every table, with its columns', async () => {
@@ -67,7 +70,8 @@ test('migrations apply to an empty database: every table, with its columns', asy
   for (const [t, want] of Object.entries(SCHEMA)) assert.deepEqual(got[t], want, `columns of ${t}`);
 
   const m = await db.query('SELECT version, name FROM schema_migrations');
-  assert.deepEqual(m.rows, [{ version: 1, name: '0001_initial' }]);
+  assert.deepEqual(m.rows, [{ version: 1, name: '0001_initial' },
+    { version: 2, name: '0002_keys_agents_limits' }]);
 
   // The indexes the queries rely on.
   const idx = (await db.query(`SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'`)).rows;
@@ -88,7 +92,7 @@ test('a second run is a no-op', async () => {
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stderr, '');
   const after1 = await db.query('SELECT version, name, applied_at FROM schema_migrations');
-  assert.equal(after1.rows.length, 1);
+  assert.equal(after1.rows.length, 2);
   assert.deepEqual(after1.rows, before1.rows, 'nothing applied again');
 });
 
@@ -96,8 +100,8 @@ test('concurrent runs on one empty database all succeed, applying once (advisory
   const db = await pg.freshDatabase();
   const runs = await Promise.all([1, 2, 3, 4].map(() => migrate(db.url)));
   for (const r of runs) assert.equal(r.code, 0, `exit code; stderr: ${r.stderr}`);
-  const m = await db.query('SELECT version FROM schema_migrations');
-  assert.equal(m.rows.length, 1);
+  const m = await db.query('SELECT version FROM schema_migrations ORDER BY version');
+  assert.deepEqual(m.rows.map((x) => x.version), [1, 2], 'each migration applied once');
 });
 
 test('a version recorded under another name is refused and nothing is applied', async () => {
