@@ -19,6 +19,7 @@ typedef struct cl_app {
     cl_llm *llm;
     cl_db *db;                  /* NULL when no database_url is configured */
     cl_models_cache *models;    /* GET /api/v1/models, cached 60 s (src/api/llm_routes.c) */
+    struct db_metrics_pub *db_metrics; /* copies the pool's figures to /metrics (app.c) */
 } cl_app;
 
 extern const cl_worker_hooks cl_app_hooks;

@@ -122,6 +122,8 @@ typedef struct cl_db_stats {
     int spooled;                /* spool records not yet stored */
     uint64_t oldest_wait_ms;    /* the longest a queued query has waited */
     uint64_t timeouts;          /* queries that passed db_query_timeout, ever */
+    uint64_t errors_unavailable; /* results that failed for want of the database, ever */
+    uint64_t errors_refused;    /* results the database refused (an SQL error), ever */
     int timing_out;             /* one did within the last 2 × db_query_timeout */
 } cl_db_stats;
 

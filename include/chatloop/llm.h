@@ -43,11 +43,15 @@
 typedef struct cl_llm cl_llm;           /* per-worker provider context */
 typedef struct cl_llm_call cl_llm_call;
 
+enum { CL_LLM_CHUNK_USAGE_ONLY = 1, CL_LLM_CHUNK_CONTENT = 2 };
+
 typedef struct cl_llm_callbacks {
     /** Each SSE `data:` payload of a streamed answer, verbatim (the
-     *  OpenAI-compatible relay forwards these). `usage_only` marks the
-     *  chunk with empty `choices` that carries only usage. May be NULL. */
-    void (*on_chunk)(void *ud, const char *data, size_t len, int usage_only);
+     *  OpenAI-compatible relay forwards these). `flags`: CL_LLM_CHUNK_USAGE_ONLY
+     *  marks the chunk with empty `choices` that carries only usage;
+     *  CL_LLM_CHUNK_CONTENT one that carries answer text (the relay counts
+     *  those as tokens). May be NULL. */
+    void (*on_chunk)(void *ud, const char *data, size_t len, unsigned flags);
     /** Each content delta of choice 0. May be NULL. */
     void (*on_content)(void *ud, const char *text, size_t len);
     /** Success. `res` holds the whole answer, tool calls, finish reason,

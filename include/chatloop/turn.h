@@ -37,6 +37,7 @@
 #include "chatloop/api.h"
 #include "chatloop/app.h"
 #include "chatloop/llm.h"
+#include "chatloop/metrics.h"
 
 typedef struct cl_turn cl_turn;
 
@@ -59,6 +60,7 @@ typedef struct cl_turn_input {
     const char *session_key;        /* ... or the one keyed by this (created on first use) */
     const char *message;            /* the user's new message */
     cl_llm_params params;           /* per-turn overrides (stream is ignored: always streamed upstream) */
+    cl_transport transport;         /* how the client asked: the label of its metrics */
 } cl_turn_input;
 
 /**

@@ -14,6 +14,77 @@ cl_app *cl_app_current(void)
     return w ? w->app : NULL;
 }
 
+/* ---- the pool's figures in /metrics ---------------------------------------------- */
+
+/* The pool keeps its own figures; once a second they are copied into this
+ * worker's metrics slot, where every worker's /metrics sees them. Counters
+ * go in as increments since the last copy, so a restarted worker (whose
+ * pool counts from 0 again) never makes a counter go down. */
+#define DB_METRICS_MS 1000
+
+typedef struct db_metrics_pub {
+    uv_timer_t timer;
+    cl_app *app;
+    uint64_t timeouts, unavailable, refused;    /* what was copied last */
+} db_metrics_pub;
+
+static void publish_db_metrics(uv_timer_t *h)
+{
+    db_metrics_pub *p = h->data;
+    cl_metrics_slot *m = p->app->w->metrics;
+    cl_db_stats st;
+    cl_db_get_stats(p->app->db, &st);
+    atomic_store_explicit(&m->db_pool_size, (uint64_t)st.size, memory_order_relaxed);
+    atomic_store_explicit(&m->db_connections_up, (uint64_t)st.up, memory_order_relaxed);
+    atomic_store_explicit(&m->db_connections_busy, (uint64_t)st.busy, memory_order_relaxed);
+    atomic_store_explicit(&m->db_queue_depth, (uint64_t)st.queued, memory_order_relaxed);
+    atomic_store_explicit(&m->db_pending_writes, st.pending_writes, memory_order_relaxed);
+    atomic_store_explicit(&m->db_spooled, (uint64_t)st.spooled, memory_order_relaxed);
+    cl_metric_add(&m->db_query_timeouts, st.timeouts - p->timeouts);
+    cl_metric_add(&m->db_errors_unavailable, st.errors_unavailable - p->unavailable);
+    cl_metric_add(&m->db_errors_refused, st.errors_refused - p->refused);
+    p->timeouts = st.timeouts;
+    p->unavailable = st.errors_unavailable;
+    p->refused = st.errors_refused;
+}
+
+static int start_db_metrics(cl_app *app)
+{
+    db_metrics_pub *p = calloc(1, sizeof *p);
+    if (!p || uv_timer_init(app->w->loop, &p->timer) != 0) {
+        free(p);
+        return -1;
+    }
+    p->app = app;
+    p->timer.data = p;
+    uv_timer_start(&p->timer, publish_db_metrics, 0, DB_METRICS_MS);
+    uv_unref((uv_handle_t *)&p->timer); /* never what keeps a draining worker up */
+    app->db_metrics = p;
+    return 0;
+}
+
+static void on_db_metrics_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void stop_db_metrics(cl_app *app)
+{
+    db_metrics_pub *p = app->db_metrics;
+    if (!p)
+        return;
+    publish_db_metrics(&p->timer);
+    /* the pool is about to go: what it held is not held any more */
+    cl_metrics_slot *m = app->w->metrics;
+    atomic_store_explicit(&m->db_connections_up, 0, memory_order_relaxed);
+    atomic_store_explicit(&m->db_connections_busy, 0, memory_order_relaxed);
+    atomic_store_explicit(&m->db_queue_depth, 0, memory_order_relaxed);
+    uv_close((uv_handle_t *)&p->timer, on_db_metrics_closed);
+    app->db_metrics = NULL;
+}
+
+/* ---- the worker's services ------------------------------------------------------- */
+
 static int app_start(cl_worker *w)
 {
     cl_app *app = calloc(1, sizeof *app);
@@ -31,6 +102,8 @@ static int app_start(cl_worker *w)
             CL_ERROR("worker %d: database pool: %s", w->id, err);
             return -1;
         }
+        if (start_db_metrics(app) != 0)
+            return -1;
     }
     if (w->id == 0) {
         const cl_config *cfg = w->cfg;
@@ -63,6 +136,7 @@ static void app_stop(cl_worker *w)
     cl_http1_cleanup();
     cl_models_cache_free(app->models);
     cl_llm_free(app->llm);
+    stop_db_metrics(app);
     cl_db_free(app->db);
     free(app);
     w->app = NULL;

@@ -13,6 +13,7 @@
 #include "chatloop/json_body.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
+#include "chatloop/metrics.h"
 #include "chatloop/router.h"
 
 #include <jansson.h>
@@ -29,6 +30,9 @@ typedef struct relay {
     int stream;
     int client_wants_usage;
     int started;                /* the SSE head went out */
+    int begun;                  /* counted in turns_active */
+    cl_outcome outcome;         /* how it ended, for the metrics */
+    uint64_t started_ns, first_chunk_ns;
 } relay;
 
 /* ---- OpenAI-format errors ------------------------------------------------------ */
@@ -118,6 +122,12 @@ static int validate(cl_req *r, json_t *body)
 
 static void relay_free(relay *rl)
 {
+    if (rl->begun) {
+        uint64_t now = uv_hrtime();
+        cl_metrics_turn_end(CL_TRANSPORT_OPENAI, rl->outcome, (double)(now - rl->started_ns) / 1e6,
+                            rl->first_chunk_ns ? (double)(rl->first_chunk_ns - rl->started_ns) / 1e6
+                                               : -1);
+    }
     free(rl);
 }
 
@@ -158,6 +168,7 @@ static void relay_abort(cl_req *r)
     cl_llm_call_usage(rl->call, &u);
     record_usage(rl, cl_llm_call_model(rl->call), &u);
     cl_llm_cancel(rl->call);
+    rl->outcome = CL_OUTCOME_CANCELLED;
     relay_free(rl);
 }
 
@@ -211,9 +222,15 @@ static int write_frame(relay *rl, const char *data, size_t len)
 /* The chunk with `"choices":[]` carries only usage: relayed only to clients
  * that asked for it (stream_options.include_usage), since clients that did
  * not ask may index choices[0] and fail on it. */
-static void on_chunk(void *ud, const char *data, size_t len, int usage_only)
+static void on_chunk(void *ud, const char *data, size_t len, unsigned flags)
 {
     relay *rl = ud;
+    int usage_only = (flags & CL_LLM_CHUNK_USAGE_ONLY) != 0;
+    if (flags & CL_LLM_CHUNK_CONTENT) {
+        if (!rl->first_chunk_ns)
+            rl->first_chunk_ns = uv_hrtime();
+        cl_metrics_tokens(CL_TRANSPORT_OPENAI, 1);
+    }
     if (!rl->stream)
         return;
     if (usage_only && !rl->client_wants_usage)
@@ -262,6 +279,7 @@ static void on_done(void *ud, const cl_llm_result *res, const char *body, size_t
         cl_res_send(r, 200, "application/json", NULL, b.data, b.len);
         cl_buf_release(&b);
     }
+    rl->outcome = CL_OUTCOME_COMPLETED;
     relay_free(rl);
 }
 
@@ -275,6 +293,7 @@ static void on_error(void *ud, cl_err_code code, const char *message, int status
 {
     relay *rl = ud;
     cl_req *r = rl->req;
+    rl->outcome = CL_OUTCOME_FAILED;
     if (partial)
         record_usage(rl, cl_llm_call_model(rl->call), &partial->usage);
     if (rl->started) {
@@ -362,6 +381,9 @@ static void chat_completions(cl_req *r)
         openai_error(r, 500, "server_error", "cannot start the completion", NULL, NULL);
         return;
     }
+    rl->begun = 1;
+    rl->started_ns = uv_hrtime();
+    cl_metrics_turn_begin(CL_TRANSPORT_OPENAI);
     /* first token, idle and total timeouts bound it from here (llm.h) */
     cl_req_clear_deadline(r);
 }

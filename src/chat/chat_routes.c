@@ -221,6 +221,7 @@ static void run_turn(cl_req *r, const char *conversation_id, int session_keyed)
     x->ping.data = x;
     r->handler_data = x;
     r->on_abort = exchange_abort;
+    in.transport = x->stream ? CL_TRANSPORT_SSE : CL_TRANSPORT_REST;
     x->turn = cl_turn_start(cl_app_current(), &in, &http_sink, x);
     json_decref(body);
     if (!x->turn) {

@@ -26,6 +26,7 @@
 #include "chatloop/auth.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
+#include "chatloop/metrics.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -69,6 +70,9 @@ struct cl_turn {
     int history_count;              /* history messages sent upstream */
     size_t prompt_chars;            /* bytes of message text sent upstream */
     int64_t prompt_estimate;
+    cl_transport transport;         /* the metrics' label */
+    uint64_t started_ns;            /* uv_hrtime at the start, for TTFT and duration */
+    uint64_t first_token_ns;        /* 0 until a token was relayed */
 };
 
 /* ---- the transition table -------------------------------------------------- */
@@ -163,6 +167,13 @@ static void enter_finished(cl_turn *t)
     t->store = NULL;
     assert(!t->call);
     uv_close((uv_handle_t *)&t->timer, on_timer_closed);
+    uint64_t now = uv_hrtime();
+    cl_metrics_turn_end(t->transport,
+                        t->outcome == OUT_DONE    ? CL_OUTCOME_COMPLETED
+                        : t->outcome == OUT_ERROR ? CL_OUTCOME_FAILED
+                                                  : CL_OUTCOME_CANCELLED,
+                        (double)(now - t->started_ns) / 1e6,
+                        t->first_token_ns ? (double)(t->first_token_ns - t->started_ns) / 1e6 : -1);
     if (t->outcome == OUT_DONE && t->sink.on_done) {
         const char *json = cl_buf_cstr(&t->done_json);
         t->sink.on_done(t->ud, json ? json : "{}");
@@ -314,6 +325,9 @@ static void enter_storing(cl_turn *t)
 static void on_content(void *ud, const char *text, size_t len)
 {
     cl_turn *t = ud;
+    if (!t->first_token_ns)
+        t->first_token_ns = uv_hrtime();
+    cl_metrics_tokens(t->transport, 1);
     cl_buf_append(&t->content, text, len);
     if (t->sink.on_token)
         t->sink.on_token(t->ud, text, len);
@@ -577,6 +591,9 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
         return NULL;
     }
     uv_timer_start(&t->timer, on_load_deadline, app->w->cfg->request_timeout_ms, 0);
+    t->transport = in->transport;
+    t->started_ns = uv_hrtime();
+    cl_metrics_turn_begin(t->transport);
     return t;
 }
 

@@ -155,6 +155,8 @@ struct cl_db {
     cl_db_query *unsynced;      /* queries whose records wait for the next sync */
     uint64_t timeouts;
     uint64_t last_timeout_ms;
+    uint64_t errors_unavailable;    /* failed results, by kind (cl_db_stats) */
+    uint64_t errors_refused;
     const char *stmts[MAX_PREPARED];    /* CL_DB_PREPARED statements, by identity */
     int nstmts;
     int pending_closes;
@@ -244,6 +246,12 @@ static void finish(cl_db_query *q, PGresult *pg, int unavailable, int timed_out,
             r.unavailable = unavailable;
             r.timed_out = timed_out;
             r.error = msg ? msg : "database unavailable";
+        }
+        if (!r.ok) {
+            if (r.unavailable)
+                db->errors_unavailable++;
+            else
+                db->errors_refused++;
         }
         q->cb(q->ud, &r);
     }
@@ -1287,6 +1295,8 @@ void cl_db_get_stats(const cl_db *db, cl_db_stats *out)
         if (!(q->flags & CL_DB_DURABLE) && now - q->enqueued_ms > out->oldest_wait_ms)
             out->oldest_wait_ms = now - q->enqueued_ms;
     out->timeouts = db->timeouts;
+    out->errors_unavailable = db->errors_unavailable;
+    out->errors_refused = db->errors_refused;
     out->timing_out = db->last_timeout_ms &&
                       now - db->last_timeout_ms < 2 * db->cfg->db_query_timeout_ms;
 }

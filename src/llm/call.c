@@ -8,6 +8,7 @@
  * entry of DONE, FAILED and CANCELLED, and cl_llm_free at worker exit.
  */
 #include "llm_internal.h"
+#include "chatloop/metrics.h"
 
 #include "chatloop/auth.h"
 #include "chatloop/log.h"
@@ -238,9 +239,25 @@ void cl_llm__fail(cl_llm_call *c, cl_err_code code, const char *msg, int status,
     call_set_state(c, CALL_FAILED);
 }
 
+/* The metric label of a failure: the upstream's answer when it gave one. */
+static cl_upstream_error failure_kind(const cl_llm_call *c)
+{
+    int s = c->end.status;
+    if (c->end.code == CL_ERR_LLM_TIMEOUT)
+        return CL_UPSTREAM_TIMEOUT;
+    if (s == 429)
+        return CL_UPSTREAM_429;
+    if (s >= 400 && s < 500)
+        return CL_UPSTREAM_4XX;
+    if (s >= 500)
+        return CL_UPSTREAM_5XX;
+    return s ? CL_UPSTREAM_STREAM : CL_UPSTREAM_TRANSPORT;
+}
+
 static void enter_failed(cl_llm_call *c)
 {
     estimate_usage(c);
+    cl_metrics_upstream_error(failure_kind(c));
     CL_DEBUG("llm call %llu failed: %s (%s, upstream status %d)", (unsigned long long)c->id,
              c->end.msg, cl_err_name(c->end.code), c->end.status);
     if (c->cb.on_error)
@@ -332,6 +349,7 @@ static int schedule_retry(cl_llm_call *c)
     if (now + delay >= c->start_ms + cfg->turn_timeout_ms)
         return 0;
     c->retry_delay_ms = delay;
+    cl_metrics_upstream_retry();
     call_set_state(c, CALL_WAIT_RETRY);
     return 1;
 }
@@ -530,7 +548,10 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
     if (c->state == CALL_REQUESTING)
         call_set_state(c, CALL_STREAMING);
     c->last_chunk_ms = cl_llm__now(c->llm);
-    if (!c->got_token && !(c->nchunks_attempt++ == 0 && cl_llm__role_only(data, len))) {
+    int role_chunk = 0;
+    if (!c->got_token && c->nchunks_attempt++ == 0 && cl_llm__role_only(data, len))
+        role_chunk = 1;
+    if (!c->got_token && !role_chunk) {
         /* the first token: from now on the idle timeout applies, which may
          * be due before the first-token timer would fire */
         c->got_token = 1;
@@ -544,7 +565,7 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
         c->result.chunks++;
         c->skipped_chunks++;
         if (c->cb.on_chunk)
-            c->cb.on_chunk(c->ud, data, len, 0);
+            c->cb.on_chunk(c->ud, data, len, role_chunk ? 0 : CL_LLM_CHUNK_CONTENT);
         return cl_llm__call_over(c) ? -1 : 0;
     }
     /* A turn needs the text of every chunk: plain content chunks are read
@@ -556,10 +577,11 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
         if (cl_llm__call_over(c))
             return -1;
         if (c->cb.on_chunk)
-            c->cb.on_chunk(c->ud, data, len, 0);
+            c->cb.on_chunk(c->ud, data, len, CL_LLM_CHUNK_CONTENT);
         return cl_llm__call_over(c) ? -1 : 0;
     }
     char err[200];
+    size_t content_before = c->result.content.len;
     int rc = cl_llm_decode_chunk(&c->result, data, len, on_content_delta, c, err, sizeof err);
     if (rc == CL_WIRE_UPSTREAM_ERROR || rc == CL_WIRE_MALFORMED || rc == CL_WIRE_NOMEM) {
         c->fail_code = CL_ERR_LLM_ERROR + 1;
@@ -571,7 +593,9 @@ int cl_llm__on_event(cl_llm_call *c, const char *data, size_t len)
     if (cl_llm__call_over(c))
         return -1;
     if (c->cb.on_chunk)
-        c->cb.on_chunk(c->ud, data, len, (scan & CL_LLM_SCAN_USAGE_ONLY) != 0);
+        c->cb.on_chunk(c->ud, data, len,
+                       ((scan & CL_LLM_SCAN_USAGE_ONLY) ? CL_LLM_CHUNK_USAGE_ONLY : 0) |
+                           (c->result.content.len > content_before ? CL_LLM_CHUNK_CONTENT : 0));
     return cl_llm__call_over(c) ? -1 : 0;
 }
 

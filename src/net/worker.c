@@ -205,6 +205,7 @@ int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics,
     w->cfg = cfg;
     w->id = id;
     w->metrics = metrics;
+    cl_metrics_set_mine(metrics);
     w->hooks = hooks;
     g_current = w;
     w->started_ns = uv_hrtime();

@@ -414,6 +414,7 @@ static void on_query(chat *ch, json_t *msg)
     in.user_id = ch->user_id;
     in.conversation_id = conv;
     in.session_key = conv ? NULL : sid;
+    in.transport = CL_TRANSPORT_WS;
     s->next = ch->sessions;
     ch->sessions = s;
     ch->nsessions++;

@@ -77,7 +77,7 @@ typedef struct rec {
     uv_timer_t resume;
 } rec;
 
-static void on_chunk(void *ud, const char *data, size_t len, int usage_only)
+static void on_chunk(void *ud, const char *data, size_t len, unsigned flags)
 {
     rec *r = ud;
     r->after_end += r->ended;
@@ -433,11 +433,11 @@ typedef struct relay_rec {
     int chunks, usage_only, errors, dones;
 } relay_rec;
 
-static void relay_chunk(void *ud, const char *data, size_t len, int usage_only)
+static void relay_chunk(void *ud, const char *data, size_t len, unsigned flags)
 {
     relay_rec *r = ud;
     r->chunks++;
-    r->usage_only += usage_only;
+    r->usage_only += (flags & CL_LLM_CHUNK_USAGE_ONLY) != 0;
 }
 
 static void relay_error(void *ud, cl_err_code code, const char *message, int status,
