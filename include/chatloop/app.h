@@ -76,6 +76,7 @@ void cl_db_error_reply(cl_req *r, const cl_db_res *res, const char *what);
 int cl_openai_routes(cl_router *r);
 int cl_auth_routes(cl_router *r);
 int cl_conversation_routes(cl_router *r);
+int cl_key_routes(cl_router *r);         /* keys.c: /api/v1/keys */
 int cl_chat_routes(cl_router *r);
 int cl_ws_routes(cl_router *r);
 int cl_llm_routes(cl_router *r);

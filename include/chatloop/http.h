@@ -88,6 +88,9 @@ struct cl_req {
     uint8_t authed;                 /* user_id holds a verified caller */
     int64_t token_exp;              /* the caller's token expiry (unix s), 0: none */
     char auth_error[96];            /* why the credentials were refused */
+    char api_key_id[37];            /* the API key that authenticated it, or "" */
+    char key_hash[65];              /* an API key to look up at dispatch (key_pending) */
+    uint8_t key_pending;            /* an API key this worker does not know fresh */
     void (*handler)(cl_req *r);     /* a guarded route's handler, run once the guard passes */
     uint8_t guard;                  /* its guard class, while the guard works */
 

@@ -64,6 +64,14 @@ typedef enum {
     CL_UPSTREAM__COUNT
 } cl_upstream_error;
 
+/* Why a request or turn was refused with 429 (chatloop_rate_limited_total). */
+typedef enum {
+    CL_LIMIT_TURN_RATE,         /* rate_limit_per_minute of a user */
+    CL_LIMIT_CONCURRENT,        /* max_turns_per_user running at once */
+    CL_LIMIT_AUTH_IP,           /* auth_rate_limit_per_minute of a client address */
+    CL_LIMIT__COUNT
+} cl_limit_kind;
+
 typedef struct cl_metrics_slot {
     /* gauges */
     cl_counter connections_open;
@@ -96,6 +104,9 @@ typedef struct cl_metrics_slot {
     cl_counter db_query_timeouts;
     cl_counter db_errors_unavailable;    /* lost connection, queue full, down */
     cl_counter db_errors_refused;        /* the database refused the statement */
+    /* who may call */
+    cl_counter api_key_auth_failures;    /* unknown or revoked keys presented */
+    cl_counter rate_limited[CL_LIMIT__COUNT];
     char pad[64];
 } cl_metrics_slot;
 
@@ -135,6 +146,8 @@ static inline void cl_metrics_tokens(cl_transport t, uint64_t n)
 }
 void cl_metrics_upstream_error(cl_upstream_error e);
 void cl_metrics_upstream_retry(void);
+void cl_metrics_api_key_failure(void);
+void cl_metrics_rate_limited(cl_limit_kind k);
 
 /** Appends the Prometheus text exposition of all slots to b. */
 int cl_metrics_render(cl_buf *b);

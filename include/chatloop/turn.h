@@ -56,6 +56,7 @@ typedef struct cl_turn_sink {
 
 typedef struct cl_turn_input {
     const char *user_id;
+    const char *api_key_id;         /* the API key the caller used (its usage names it), or NULL/"" */
     const char *conversation_id;    /* this conversation ... */
     const char *session_key;        /* ... or the one keyed by this (created on first use) */
     const char *message;            /* the user's new message */

@@ -6,6 +6,10 @@
  *   - the token (JWT HS256): checked as soon as the request head is
  *     complete, before a body byte is read (guard_head), or at dispatch
  *     for a request without a body — an HMAC, synchronous;
+ *     An API key (`cl-…`, apikey.h) instead: this worker's cache of keys
+ *     answers at once when it has heard of the key within
+ *     CL_API_KEY_TRUST_MS; otherwise one lookup at dispatch (which proves
+ *     the user too: keys go with their user);
  *   - the user it names still exists: a per-worker cache of users seen in
  *     the database within the last USER_TTL_MS, else one indexed lookup
  *     before the handler runs. So a token outliving its user (a deleted
@@ -16,11 +20,13 @@
  *     gets 503.
  */
 #include "chatloop/api.h"
+#include "chatloop/apikey.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/hex.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
+#include "chatloop/metrics.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -172,11 +178,38 @@ static const char *request_token(cl_req *r, int guard, size_t *len, const char *
     return h;
 }
 
-/* Fills r->user_id / token_exp / authed, or r->auth_error. 1 or 0. */
+static int db_up(void)
+{
+    cl_app *app = cl_app_current();
+    return app && app->db && cl_db_available(app->db);
+}
+
+/* An API key: known fresh (authed), known bad (0), or to look up at
+ * dispatch (key_pending). */
+static int check_key(cl_req *r, const char *tok, size_t len)
+{
+    cl_api_key_hash(tok, len, r->key_hash);
+    switch (cl_api_key_cached(r->key_hash, now_ms(), db_up(), r->user_id, r->api_key_id)) {
+    case CL_KEY_VALID:
+        r->authed = 1;
+        return 1;
+    case CL_KEY_INVALID:
+        cl_metrics_api_key_failure();
+        snprintf(r->auth_error, sizeof r->auth_error, "invalid API key: unknown or revoked");
+        return 0;
+    case CL_KEY_ASK:
+        break;
+    }
+    r->key_pending = 1;
+    return 1;
+}
+
+/* Fills r->user_id / token_exp / authed (or key_pending), or r->auth_error.
+ * 1 or 0. */
 static int check_token(cl_req *r, int guard)
 {
     const cl_config *cfg = r->conn->w->cfg;
-    if (r->authed)
+    if (r->authed || r->key_pending)
         return 1;
     if (cfg->auth == CL_AUTH_OFF) {
         memcpy(r->user_id, CL_LOCAL_USER_ID, sizeof CL_LOCAL_USER_ID);
@@ -190,6 +223,8 @@ static int check_token(cl_req *r, int guard)
         snprintf(r->auth_error, sizeof r->auth_error, "%s", why);
         return 0;
     }
+    if (cl_api_key_shaped(tok, len))
+        return check_key(r, tok, len);
     if (!cl_auth_token_user(cfg, tok, len, r->user_id, &r->token_exp, r->auth_error,
                             sizeof r->auth_error))
         return 0;
@@ -209,6 +244,48 @@ int cl_auth_guard_head(cl_req *r, int guard)
 
 /* ---- the user ------------------------------------------------------------------ */
 
+/* The caller could not be checked for want of the database. */
+static void check_failed(cl_req *r, cl_auth_style style, const cl_db_res *res)
+{
+    if (style == CL_AUTH_OPENAI) {
+        static const char body[] =
+            "{\"error\":{\"message\":\"the database is unavailable; try again shortly\","
+            "\"type\":\"server_error\",\"param\":null,\"code\":\"db_unavailable\"}}";
+        cl_res_send(r, 503, "application/json", "Retry-After: 1\r\n", body, sizeof body - 1);
+        return;
+    }
+    cl_db_error_reply(r, res, "checking the caller");
+}
+
+static void run_handler(cl_req *r)
+{
+    void (*fn)(cl_req *) = r->handler;
+    r->handler = NULL;
+    fn(r);
+}
+
+static void key_checked(void *ud, const cl_db_res *res)
+{
+    cl_req *r = ud;
+    r->on_abort = NULL;
+    r->handler_data = NULL;
+    r->key_pending = 0;
+    cl_auth_style style = style_of(r->guard);
+    switch (cl_api_key_settle(r->key_hash, res, now_ms(), r->user_id, r->api_key_id)) {
+    case CL_KEY_ASK:
+        check_failed(r, style, res);
+        return;
+    case CL_KEY_INVALID:
+        cl_metrics_api_key_failure();
+        unauthorized(r, style, "invalid API key: unknown or revoked");
+        return;
+    case CL_KEY_VALID:
+        break;
+    }
+    r->authed = 1;
+    run_handler(r);
+}
+
 static void user_checked(void *ud, const cl_db_res *res)
 {
     cl_req *r = ud;
@@ -216,14 +293,7 @@ static void user_checked(void *ud, const cl_db_res *res)
     r->handler_data = NULL;
     cl_auth_style style = style_of(r->guard);
     if (!res->ok) {
-        if (style == CL_AUTH_OPENAI) {
-            static const char body[] =
-                "{\"error\":{\"message\":\"the database is unavailable; try again shortly\","
-                "\"type\":\"server_error\",\"param\":null,\"code\":\"db_unavailable\"}}";
-            cl_res_send(r, 503, "application/json", "Retry-After: 1\r\n", body, sizeof body - 1);
-            return;
-        }
-        cl_db_error_reply(r, res, "checking the caller");
+        check_failed(r, style, res);
         return;
     }
     if (cl_db_rows(res) != 1) {
@@ -237,9 +307,7 @@ static void user_checked(void *ud, const cl_db_res *res)
         uint64_t now = now_ms();
         k->checked_ms = now ? now : 1;
     }
-    void (*fn)(cl_req *) = r->handler;
-    r->handler = NULL;
-    fn(r);
+    run_handler(r);
 }
 
 static void user_check_abort(cl_req *r)
@@ -254,7 +322,25 @@ void cl_auth_guard_dispatch(cl_req *r, int guard, void (*fn)(cl_req *r))
         return;
     }
     cl_app *app = cl_app_current();
-    if (r->conn->w->cfg->auth == CL_AUTH_OFF || !app || !app->db) {
+    if (r->key_pending) {
+        if (!app || !app->db) {
+            unauthorized(r, style_of(guard), "API keys need the database (database_url)");
+            return;
+        }
+        r->handler = fn;
+        r->guard = (uint8_t)guard;
+        cl_db_query *q = cl_api_key_lookup(app->db, r->key_hash, key_checked, r);
+        if (!q) {
+            r->handler = NULL;
+            cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+            return;
+        }
+        r->handler_data = q;
+        r->on_abort = user_check_abort;
+        return;
+    }
+    if (r->conn->w->cfg->auth == CL_AUTH_OFF || !app || !app->db || r->api_key_id[0]) {
+        /* a key known valid proves its user: keys are deleted with them */
         fn(r);
         return;
     }

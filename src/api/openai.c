@@ -25,6 +25,7 @@
 typedef struct relay {
     cl_req *req;
     char user_id[37];
+    char api_key_id[37];
     char usage_key[48];         /* "openai:<uuid>": not the client's X-Request-Id, which repeats */
     cl_llm_call *call;
     int stream;
@@ -150,13 +151,15 @@ static void record_usage(relay *rl, const char *model, const cl_llm_usage *u)
     snprintf(c, sizeof c, "%lld", (long long)u->completion_tokens);
     snprintf(t, sizeof t, "%lld", (long long)(u->prompt_tokens + u->completion_tokens));
     const char *params[] = {rl->user_id, rl->usage_key, model ? model : "", p, c, t,
-                            u->present ? "false" : "true"};
+                            u->present ? "false" : "true",
+                            rl->api_key_id[0] ? rl->api_key_id : NULL};
     cl_db_exec(app->db,
                "INSERT INTO usage_events (user_id, idempotency_key, model, prompt_tokens,"
-               " completion_tokens, total_tokens, estimated, source)"
-               " VALUES ($1::uuid, $2, $3, $4::int, $5::int, $6::int, $7::boolean, 'openai')"
+               " completion_tokens, total_tokens, estimated, source, api_key_id)"
+               " VALUES ($1::uuid, $2, $3, $4::int, $5::int, $6::int, $7::boolean, 'openai',"
+               " $8::uuid)"
                " ON CONFLICT (idempotency_key) DO NOTHING",
-               7, params, CL_DB_DURABLE | CL_DB_PREPARED, usage_stored, NULL);
+               8, params, CL_DB_DURABLE | CL_DB_PREPARED, usage_stored, NULL);
 }
 
 static void relay_abort(cl_req *r)
@@ -365,6 +368,7 @@ static void chat_completions(cl_req *r)
     }
     rl->req = r;
     memcpy(rl->user_id, r->user_id, sizeof rl->user_id);
+    memcpy(rl->api_key_id, r->api_key_id, sizeof rl->api_key_id);
     char uuid[37] = "";
     cl_uuid_v4(uuid);
     snprintf(rl->usage_key, sizeof rl->usage_key, "openai:%s", uuid);

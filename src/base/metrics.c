@@ -73,6 +73,18 @@ void cl_metrics_upstream_retry(void)
         cl_metric_add(&g_mine->upstream_retries, 1);
 }
 
+void cl_metrics_api_key_failure(void)
+{
+    if (g_mine)
+        cl_metric_add(&g_mine->api_key_auth_failures, 1);
+}
+
+void cl_metrics_rate_limited(cl_limit_kind k)
+{
+    if (g_mine)
+        cl_metric_add(&g_mine->rate_limited[k], 1);
+}
+
 cl_metrics_slot *cl_metrics_map(int n)
 {
     void *p = mmap(NULL, sizeof(cl_metrics_slot) * (size_t)n, PROT_READ | PROT_WRITE,
@@ -206,6 +218,20 @@ static void render_turns(cl_buf *b)
            SUM(upstream_retries));
 }
 
+static const char *const limit_names[CL_LIMIT__COUNT] = {"turn_rate", "concurrent", "auth_ip"};
+
+static void render_access(cl_buf *b)
+{
+    simple(b, "chatloop_api_key_auth_failures_total", "counter",
+           "Requests that presented an unknown or revoked API key.", SUM(api_key_auth_failures));
+    head(b, "chatloop_rate_limited_total", "counter",
+         "Requests and turns refused with 429, by limit: turn_rate (rate_limit_per_minute), "
+         "concurrent (max_turns_per_user), auth_ip (auth_rate_limit_per_minute).");
+    for (int k = 0; k < CL_LIMIT__COUNT; k++)
+        cl_buf_printf(b, "chatloop_rate_limited_total{kind=\"%s\"} %llu\n", limit_names[k],
+                      (unsigned long long)SUM(rate_limited[k]));
+}
+
 static void render_db(cl_buf *b)
 {
     simple(b, "chatloop_db_pool_size", "gauge", "Database connections configured (all workers).",
@@ -269,6 +295,7 @@ int cl_metrics_render(cl_buf *b)
            "Workers restarted by the supervisor after dying.", SUM(worker_restarts));
     render_turns(b);
     render_db(b);
+    render_access(b);
     cl_buf_printf(b, "# HELP chatloop_workers Worker processes.\n# TYPE chatloop_workers gauge\n"
                      "chatloop_workers %d\n", g_nslots);
     return 0;

@@ -208,6 +208,7 @@ static void run_turn(cl_req *r, const char *conversation_id, int session_keyed)
     }
     in.conversation_id = conversation_id;
     in.user_id = r->user_id;
+    in.api_key_id = r->api_key_id;
     exchange *x = calloc(1, sizeof *x);
     if (!x) {
         json_decref(body);

@@ -55,6 +55,7 @@ struct cl_turn {
     cl_llm_usage usage;             /* STORING: the answer's usage and model */
     char model_used[160];
     char user_id[37];
+    char api_key_id[37];            /* "" when not called with a key */
     char conversation_id[37];
     char user_msg_id[37];
     char assistant_msg_id[37];
@@ -198,9 +199,9 @@ static const char SQL_STORE_ANSWER[] =
     "  $10, $11::timestamptz FROM c"
     " ON CONFLICT (id) DO NOTHING), "
     "u AS (INSERT INTO usage_events (user_id, idempotency_key, conversation_id, message_id, model,"
-    "  prompt_tokens, completion_tokens, total_tokens, estimated, source)"
+    "  prompt_tokens, completion_tokens, total_tokens, estimated, source, api_key_id)"
     " SELECT $3::uuid, $12, (SELECT id FROM c), $1::uuid, $7, $8::int, $9::int,"
-    "  $8::int + $9::int, $13::boolean, 'chat' WHERE $14::boolean"
+    "  $8::int + $9::int, $13::boolean, 'chat', $15::uuid WHERE $14::boolean"
     " ON CONFLICT (idempotency_key) DO NOTHING) "
     "SELECT count(*) FROM c";
 
@@ -247,8 +248,9 @@ static cl_db_query *store_answer(cl_turn *t, const char *status, const char *mod
     const char *content = clean ? clean : cl_buf_cstr(&t->content);
     const char *p[] = {t->assistant_msg_id, t->conversation_id, t->user_id, content ? content : "",
                        status, NULL, model, prompt, completion, error, created, key,
-                       u->present ? "false" : "true", spend ? "true" : "false"};
-    cl_db_query *q = cl_db_exec(t->app->db, SQL_STORE_ANSWER, 14, p, CL_DB_DURABLE | CL_DB_PREPARED,
+                       u->present ? "false" : "true", spend ? "true" : "false",
+                       t->api_key_id[0] ? t->api_key_id : NULL};
+    cl_db_query *q = cl_db_exec(t->app->db, SQL_STORE_ANSWER, 15, p, CL_DB_DURABLE | CL_DB_PREPARED,
                                 cb ? cb : on_background_write, ud);
     free(clean);
     if (!q)
@@ -559,6 +561,7 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
     cl_buf_init(&t->content, 0);
     cl_buf_init(&t->done_json, 0);
     snprintf(t->user_id, sizeof t->user_id, "%s", in->user_id);
+    snprintf(t->api_key_id, sizeof t->api_key_id, "%s", in->api_key_id ? in->api_key_id : "");
     t->message = strdup(in->message);
     t->session_key = dup_or_null(in->session_key);
     t->params = in->params;

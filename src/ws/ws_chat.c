@@ -23,6 +23,7 @@
  * below, and its turns are cancelled like any client that left.
  */
 #include "chatloop/api.h"
+#include "chatloop/apikey.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/jsonw.h"
@@ -41,6 +42,9 @@
 
 typedef struct chat chat;
 
+/* Queries a socket may send while its API key is being looked up. */
+#define HELD_QUERIES 16
+
 typedef struct session {
     chat *ch;
     struct session *next;
@@ -54,6 +58,12 @@ typedef struct session {
 struct chat {
     cl_ws *ws;
     char user_id[37];
+    char api_key_id[37];        /* authenticated by this API key, or "" */
+    char key_hash[65];          /* ... whose hash each query checks (key_gate) */
+    cl_db_query *key_check;     /* that check's lookup, in flight */
+    json_t *held[HELD_QUERIES]; /* queries waiting for it */
+    int nheld;
+    int key_revoked;
     int64_t token_exp;          /* unix seconds; 0: never (auth = off) */
     cl_theap_node expiry;       /* in g_expiries while token_exp is set */
     session *sessions;          /* running queries */
@@ -412,6 +422,7 @@ static void on_query(chat *ch, json_t *msg)
     snprintf(s->id, sizeof s->id, "%s", sid);
     s->t0_ns = uv_hrtime();
     in.user_id = ch->user_id;
+    in.api_key_id = ch->api_key_id;
     in.conversation_id = conv;
     in.session_key = conv ? NULL : sid;
     in.transport = CL_TRANSPORT_WS;
@@ -424,6 +435,82 @@ static void on_query(chat *ch, json_t *msg)
         send_error(ch, sid, CL_ERR_PROCESSING_ERROR, "cannot start the query");
         session_remove(s);
     }
+}
+
+/* ---- a socket opened with an API key ---------------------------------------------- */
+
+/* Each query checks the key is still valid — this worker's cache, else one
+ * lookup — so revoking a key stops a socket opened with it as it stops
+ * requests: within CL_API_KEY_TRUST_MS. Queries that arrive during the
+ * lookup wait for it, in order. */
+static void key_refused(chat *ch, json_t *msg)
+{
+    const char *sid = json_string_value(json_object_get(msg, "session_id"));
+    send_error(ch, sid, CL_ERR_UNAUTHORIZED, "the API key of this socket was revoked");
+    if (!ch->key_revoked) {
+        ch->key_revoked = 1;
+        cl_ws_close(ch->ws, 1008, "API key revoked");
+    }
+}
+
+static void key_checked(void *ud, const cl_db_res *res)
+{
+    chat *ch = ud;
+    ch->key_check = NULL;
+    char uid[37], kid[37];
+    cl_app *app = cl_app_current();
+    cl_key_state st = cl_api_key_settle(ch->key_hash, res, uv_now(app->w->loop), uid, kid);
+    int n = ch->nheld;
+    ch->nheld = 0;
+    for (int i = 0; i < n; i++) {
+        json_t *m = ch->held[i];
+        if (st == CL_KEY_VALID && !ch->key_revoked)
+            on_query(ch, m);
+        else if (st == CL_KEY_INVALID || ch->key_revoked)
+            key_refused(ch, m);
+        else
+            send_error(ch, json_string_value(json_object_get(m, "session_id")),
+                       CL_ERR_DB_UNAVAILABLE, "the database is unavailable; try again shortly");
+        json_decref(m);
+    }
+}
+
+static void key_gate(chat *ch, json_t *msg)
+{
+    if (ch->key_revoked) {
+        key_refused(ch, msg);
+        return;
+    }
+    if (ch->key_check) {
+        if (ch->nheld == HELD_QUERIES) {
+            send_error(ch, json_string_value(json_object_get(msg, "session_id")),
+                       CL_ERR_RATE_LIMITED, "too many queries waiting for the key check");
+            return;
+        }
+        ch->held[ch->nheld++] = json_incref(msg);
+        return;
+    }
+    cl_app *app = cl_app_current();
+    char uid[37], kid[37];
+    int up = app->db && cl_db_available(app->db);
+    switch (cl_api_key_cached(ch->key_hash, uv_now(app->w->loop), up, uid, kid)) {
+    case CL_KEY_VALID:
+        on_query(ch, msg);
+        return;
+    case CL_KEY_INVALID:
+        key_refused(ch, msg);
+        return;
+    case CL_KEY_ASK:
+        break;
+    }
+    if (app->db)
+        ch->key_check = cl_api_key_lookup(app->db, ch->key_hash, key_checked, ch);
+    if (!ch->key_check) {
+        send_error(ch, json_string_value(json_object_get(msg, "session_id")),
+                   CL_ERR_PROCESSING_ERROR, "cannot check the API key");
+        return;
+    }
+    ch->held[ch->nheld++] = json_incref(msg);
 }
 
 static void on_cancel(chat *ch, json_t *msg)
@@ -469,6 +556,8 @@ static void on_text(cl_ws *ws, const char *data, size_t len)
                    "'type' is required: query, cancel, ping or auth");
     else if (strcmp(type, "auth") == 0)
         on_auth(ch, msg);
+    else if (strcmp(type, "query") == 0 && ch->api_key_id[0])
+        key_gate(ch, msg);
     else if (strcmp(type, "query") == 0)
         on_query(ch, msg);
     else if (strcmp(type, "cancel") == 0)
@@ -525,6 +614,10 @@ static void on_close(cl_ws *ws, int code)
     (void)code;
     cl_theap_remove(&g_expiries, &ch->expiry);
     expiry_arm();
+    if (ch->key_check)
+        cl_db_cancel(ch->key_check);
+    for (int i = 0; i < ch->nheld; i++)
+        json_decref(ch->held[i]);
     /* the client is gone: every running turn stops, its partial answer
      * stored as cancelled */
     while (ch->sessions) {
@@ -554,6 +647,8 @@ static void ws_chat(cl_req *r)
         return;
     }
     memcpy(ch->user_id, r->user_id, sizeof ch->user_id);
+    memcpy(ch->api_key_id, r->api_key_id, sizeof ch->api_key_id);
+    memcpy(ch->key_hash, r->key_hash, sizeof ch->key_hash);
     ch->token_exp = r->token_exp;
     if (!cl_ws_upgrade(r, &chat_handler, ch)) {
         /* the request was answered (400/426) */
