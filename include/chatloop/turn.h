@@ -7,8 +7,10 @@
  *   any state ──cl_turn_cancel──> FINISHED (the sink hears nothing)
  *
  * LOADING is one statement: it checks the conversation belongs to the
- * caller (or creates the session-keyed one), reads the last
- * history_messages messages and stores the user message — so the first
+ * caller (or creates the session-keyed one) and that the agent, when one
+ * is given, is the caller's (NOT_FOUND "agent not found" otherwise, with
+ * nothing stored), reads the agent, the last history_messages messages and
+ * stores the user message — so the first
  * token never waits for a second round trip, and a crash mid-stream never
  * loses what the user sent. GENERATING streams the provider's answer.
  * STORING writes the assistant message and its usage event in one durable
@@ -59,9 +61,15 @@ typedef struct cl_turn_input {
     const char *api_key_id;         /* the API key the caller used (its usage names it), or NULL/"" */
     const char *conversation_id;    /* this conversation ... */
     const char *session_key;        /* ... or the one keyed by this (created on first use) */
+    const char *agent_id;           /* the turn's agent (a UUID), else the conversation's */
     const char *message;            /* the user's new message */
     cl_llm_params params;           /* per-turn overrides (stream is ignored: always streamed upstream) */
     cl_transport transport;         /* how the client asked: the label of its metrics */
+    /* Retrieval and tools (carried for issue 12; nothing reads them yet). */
+    int has_k;
+    int k;
+    const char *collection;
+    json_t *tools;                  /* borrowed: an array of tool set names */
 } cl_turn_input;
 
 /**
@@ -81,8 +89,19 @@ void cl_turn_cancel(cl_turn *t);
 /** "LOADING", "GENERATING", ... (logs, tests). */
 const char *cl_turn_state_name(const cl_turn *t);
 
+/** The largest max_tokens a turn or an agent may ask for. */
+#define CL_TURN_MAX_TOKENS 131072
+
 /**
- * Validates a turn request body (SPEC §3: message, stream?, model?,
+ * Checks one model parameter shared by turns and agents — model,
+ * temperature, max_tokens, top_p, reasoning_effort, k, collection, tools —
+ * whose value `v` is not null. Returns 0 when valid, -1 with `why` naming
+ * the field, 1 when `name` is none of these.
+ */
+int cl_turn_param_check(const char *name, json_t *v, char *why, size_t whylen);
+
+/**
+ * Validates a turn request body (SPEC §3: message, stream?, agent_id?, model?,
  * temperature?, max_tokens?, top_p?, reasoning_effort?, k?, collection?,
  * tools?) into `in` (pointers into `body`, which must outlive `in`).
  * Returns 0, or -1 with `field` and `why` describing the first problem.

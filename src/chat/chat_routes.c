@@ -194,6 +194,12 @@ static void run_turn(cl_req *r, const char *conversation_id, int session_keyed)
         json_decref(body);
         return;
     }
+    if (in.agent_id && !cl_uuid_valid(in.agent_id)) {
+        /* it names no agent of the caller's, like a missing one */
+        cl_api_error(r, CL_ERR_NOT_FOUND, "agent not found", NULL, NULL);
+        json_decref(body);
+        return;
+    }
     if (session_keyed) {
         json_t *sid = json_object_get(body, "session_id");
         const char *s = json_string_value(sid);

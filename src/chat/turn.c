@@ -39,6 +39,12 @@
 
 typedef enum { OUT_NONE, OUT_DONE, OUT_ERROR } turn_outcome;
 
+/* Result columns of the load statements (SQL_LOAD_RESULT). */
+enum {
+    LC_ID, LC_SYSTEM_PROMPT, LC_MODEL, LC_HISTORY, LC_COUNT, LC_BYTES, LC_TEMPERATURE,
+    LC_MAX_TOKENS, LC_TOP_P, LC_EFFORT, LC_K, LC_COLLECTION, LC_TOOLS, LC_AGENT_OK
+};
+
 struct cl_turn {
     cl_app *app;
     turn_state state;
@@ -67,6 +73,13 @@ struct cl_turn {
     cl_llm_params params;
     char *conv_system_prompt;
     char *conv_model;
+    char agent_id[37];              /* the turn's agent_id, "" when none was given */
+    char *agent_effort;             /* the agent's reasoning_effort, when it is the one used */
+    /* Retrieval and tools: the turn's, else the agent's. Carried for issue
+     * 12 (RETRIEVING, TOOL_RUNNING); nothing reads them yet. */
+    int k;
+    char *collection;
+    char *tools_json;               /* a JSON array of tool set names, or NULL */
     cl_buf content;                 /* the answer so far */
     int history_count;              /* history messages sent upstream */
     size_t prompt_chars;            /* bytes of message text sent upstream */
@@ -152,6 +165,9 @@ static void on_timer_closed(uv_handle_t *h)
     free(t->effort_override);
     free(t->conv_system_prompt);
     free(t->conv_model);
+    free(t->agent_effort);
+    free(t->collection);
+    free(t->tools_json);
     cl_buf_release(&t->content);
     cl_buf_release(&t->done_json);
     free(t);
@@ -398,7 +414,7 @@ static const cl_llm_callbacks turn_llm_callbacks = {
  * memory or when the history is not an array. */
 static int build_messages(cl_turn *t, const cl_db_res *res, cl_buf *out)
 {
-    const char *hist = cl_db_get(res, 0, 3);
+    const char *hist = cl_db_get(res, 0, LC_HISTORY);
     size_t hlen = hist ? strlen(hist) : 0;
     /* strip the brackets (and PostgreSQL's whitespace) to splice the elements */
     while (hlen && (hist[hlen - 1] == ' ' || hist[hlen - 1] == '\n'))
@@ -419,7 +435,7 @@ static int build_messages(cl_turn *t, const cl_db_res *res, cl_buf *out)
         rc |= cl_buf_append_str(out, "},");
         bytes += strlen(t->conv_system_prompt);
     }
-    int n = atoi(cl_db_get(res, 0, 4));
+    int n = atoi(cl_db_get(res, 0, LC_COUNT));
     if (n > 0) {
         rc |= cl_buf_append(out, hist, hlen);
         rc |= cl_buf_append_char(out, ',');
@@ -428,10 +444,42 @@ static int build_messages(cl_turn *t, const cl_db_res *res, cl_buf *out)
     rc |= cl_jsonw_cstr(out, t->message);
     rc |= cl_buf_append_str(out, "}]");
     t->history_count = n;
-    bytes += strtoull(cl_db_get(res, 0, 5), NULL, 10) + strlen(t->message);
+    bytes += strtoull(cl_db_get(res, 0, LC_BYTES), NULL, 10) + strlen(t->message);
     t->prompt_chars = bytes;
     t->prompt_estimate = (int64_t)(bytes / 4) + 1;
     return rc ? -1 : 0;
+}
+
+/* The agent's parameters where the turn gave none (turn > conversation >
+ * agent > configuration; the conversation holds only a system prompt and a
+ * model, which the load statement already chose between). */
+static void apply_agent(cl_turn *t, const cl_db_res *res)
+{
+    const char *v;
+    if (!t->params.has_temperature && (v = cl_db_get(res, 0, LC_TEMPERATURE))) {
+        t->params.has_temperature = 1;
+        t->params.temperature = strtod(v, NULL);
+    }
+    if (!t->params.has_max_tokens && (v = cl_db_get(res, 0, LC_MAX_TOKENS))) {
+        t->params.has_max_tokens = 1;
+        t->params.max_tokens = atoi(v);
+    }
+    if (!t->params.has_top_p && (v = cl_db_get(res, 0, LC_TOP_P))) {
+        t->params.has_top_p = 1;
+        t->params.top_p = strtod(v, NULL);
+    }
+    if (!t->params.reasoning_effort && (v = cl_db_get(res, 0, LC_EFFORT))) {
+        t->agent_effort = strdup(v);
+        t->params.reasoning_effort = t->agent_effort;
+    }
+    if (t->k < 0 && (v = cl_db_get(res, 0, LC_K)))
+        t->k = atoi(v);
+    if (!t->collection && (v = cl_db_get(res, 0, LC_COLLECTION)))
+        t->collection = strdup(v);
+    if (!t->tools_json && (v = cl_db_get(res, 0, LC_TOOLS)))
+        t->tools_json = strdup(v);
+    if (t->k < 0)
+        t->k = 0;
 }
 
 /* GENERATING: the conversation is loaded and the user message stored;
@@ -439,12 +487,13 @@ static int build_messages(cl_turn *t, const cl_db_res *res, cl_buf *out)
 static void enter_generating(cl_turn *t, const cl_db_res *res)
 {
     uv_timer_stop(&t->timer);
-    snprintf(t->conversation_id, sizeof t->conversation_id, "%s", cl_db_get(res, 0, 0));
-    const char *sp = cl_db_get(res, 0, 1), *model = cl_db_get(res, 0, 2);
+    snprintf(t->conversation_id, sizeof t->conversation_id, "%s", cl_db_get(res, 0, LC_ID));
+    const char *sp = cl_db_get(res, 0, LC_SYSTEM_PROMPT), *model = cl_db_get(res, 0, LC_MODEL);
     t->conv_system_prompt = sp ? strdup(sp) : NULL;
     t->conv_model = model ? strdup(model) : NULL;
     if (!t->params.model && t->conv_model && *t->conv_model)
         t->params.model = t->conv_model;
+    apply_agent(t, res);
     cl_buf msgs;
     cl_buf_init(&msgs, 0);
     t->params.stream = 1;
@@ -483,13 +532,26 @@ static void on_loaded(void *ud, const cl_db_res *res)
                                 : "the database is unavailable; try again shortly");
         else if (strcmp(res->sqlstate, "22P02") == 0)
             fail(t, CL_ERR_NOT_FOUND, "conversation not found");
+        else if (strcmp(res->sqlstate, "23503") == 0 && t->agent_id[0])
+            /* the agent was deleted between the check and the new
+             * conversation's insert (its foreign key) */
+            fail(t, CL_ERR_NOT_FOUND, "agent not found");
         else {
             CL_ERROR("loading a conversation failed: %s", res->error);
             fail(t, CL_ERR_PROCESSING_ERROR, "internal error while loading the conversation");
         }
         return;
     }
-    if (cl_db_rows(res) == 0) {
+    if (cl_db_rows(res) != 1) {
+        fail(t, CL_ERR_PROCESSING_ERROR, "internal error while loading the conversation");
+        return;
+    }
+    const char *agent_ok = cl_db_get(res, 0, LC_AGENT_OK);
+    if (!agent_ok || strcmp(agent_ok, "t") != 0) {
+        fail(t, CL_ERR_NOT_FOUND, "agent not found");
+        return;
+    }
+    if (!cl_db_get(res, 0, LC_ID)) {
         fail(t, CL_ERR_NOT_FOUND, "conversation not found");
         return;
     }
@@ -523,24 +585,44 @@ static void on_load_deadline(uv_timer_t *h)
     " SELECT " id "::uuid, c.id, " user "::uuid, 'user', " content ", 'complete', " at             \
     "::timestamptz FROM c ON CONFLICT (id) DO NOTHING) "
 
+/* The turn's agent, when one was given: `ok` is false when it is not one
+ * of the caller's agents, and then the statement neither touches the
+ * conversation nor stores the message (each write below is conditional on
+ * it), so a bad agent_id leaves nothing behind. */
+#define SQL_AGENT_CHECK(user, agent)                                                               \
+    "WITH ag AS (SELECT " agent "::uuid IS NULL OR EXISTS (SELECT 1 FROM agents"                  \
+    " WHERE id = " agent "::uuid AND user_id = " user "::uuid) AS ok), "
+
+/* One row, always: the conversation (NULL id when it is not the caller's),
+ * the prompt and model (conversation's, else the agent's), the history,
+ * the agent's parameters (the turn's own win over them, in enter_generating)
+ * and whether the given agent was found. The agent is the turn's, else the
+ * conversation's. */
+#define SQL_LOAD_RESULT(user, agent)                                                               \
+    "SELECT c.id, coalesce(c.system_prompt, a.system_prompt), coalesce(c.model, a.model),"        \
+    " h.msgs, h.n, h.bytes, a.temperature, a.max_tokens, a.top_p, a.reasoning_effort, a.k,"       \
+    " a.collection, a.tools::text, ag.ok"                                                          \
+    " FROM ag LEFT JOIN c ON true"                                                                 \
+    " LEFT JOIN agents a ON a.id = coalesce(" agent "::uuid, c.agent_id)"                          \
+    "  AND a.user_id = " user "::uuid" SQL_HISTORY
+
 static const char SQL_LOAD_BY_ID[] =
-    "WITH c AS (UPDATE conversations SET updated_at = now()"
-    " WHERE id = $1::uuid AND user_id = $2::uuid"
+    SQL_AGENT_CHECK("$2", "$7")
+    "c AS (UPDATE conversations SET updated_at = now()"
+    " WHERE id = $1::uuid AND user_id = $2::uuid AND (SELECT ok FROM ag)"
     " RETURNING id, system_prompt, model, agent_id), "
     SQL_STORE_USER_MESSAGE("$2", "$4", "$5", "$6")
-    "SELECT c.id, coalesce(c.system_prompt, a.system_prompt), coalesce(c.model, a.model),"
-    " h.msgs, h.n, h.bytes"
-    " FROM c LEFT JOIN agents a ON a.id = c.agent_id AND a.user_id = $2::uuid" SQL_HISTORY;
+    SQL_LOAD_RESULT("$2", "$7");
 
+/* A conversation created here with an agent keeps it for later turns. */
 static const char SQL_LOAD_BY_SESSION[] =
-    "WITH c AS (INSERT INTO conversations (user_id, session_key, title)"
-    " VALUES ($1::uuid, $2, left($4, 80))"
+    SQL_AGENT_CHECK("$1", "$7")
+    "c AS (INSERT INTO conversations (user_id, session_key, title, agent_id)"
+    " SELECT $1::uuid, $2, left($4, 80), $7::uuid WHERE (SELECT ok FROM ag)"
     " ON CONFLICT (user_id, session_key) DO UPDATE SET updated_at = now()"
     " RETURNING id, system_prompt, model, agent_id), "
     SQL_STORE_USER_MESSAGE("$1", "$5", "$4", "$6")
-    "SELECT c.id, coalesce(c.system_prompt, a.system_prompt), coalesce(c.model, a.model),"
-    " h.msgs, h.n, h.bytes"
-    " FROM c LEFT JOIN agents a ON a.id = c.agent_id AND a.user_id = $1::uuid" SQL_HISTORY;
+    SQL_LOAD_RESULT("$1", "$7");
 
 /* ---- public ------------------------------------------------------------------------ */
 
@@ -570,6 +652,11 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
     t->params.model = t->model_override;
     t->params.reasoning_effort = t->effort_override;
     t->params.tools = NULL; /* tools arrive with their issue */
+    if (in->agent_id)
+        snprintf(t->agent_id, sizeof t->agent_id, "%s", in->agent_id);
+    t->k = in->has_k ? in->k : -1;
+    t->collection = dup_or_null(in->collection);
+    t->tools_json = in->tools ? json_dumps(in->tools, JSON_COMPACT) : NULL;
     uv_timer_init(app->w->loop, &t->timer);
     t->timer.data = t;
     if (!t->message || cl_uuid_v4(t->user_msg_id) != 0 || cl_uuid_v4(t->assistant_msg_id) != 0) {
@@ -579,15 +666,16 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
     cl_iso_now(t->started_at);
     char limit[16];
     snprintf(limit, sizeof limit, "%d", app->w->cfg->history_messages);
+    const char *agent = t->agent_id[0] ? t->agent_id : NULL;
     if (in->conversation_id) {
         snprintf(t->conversation_id, sizeof t->conversation_id, "%s", in->conversation_id);
         const char *p[] = {t->conversation_id, t->user_id, limit, t->user_msg_id, t->message,
-                           t->started_at};
-        t->load = cl_db_exec(app->db, SQL_LOAD_BY_ID, 6, p, CL_DB_PREPARED, on_loaded, t);
+                           t->started_at, agent};
+        t->load = cl_db_exec(app->db, SQL_LOAD_BY_ID, 7, p, CL_DB_PREPARED, on_loaded, t);
     } else {
         const char *p[] = {t->user_id, t->session_key, limit, t->message, t->user_msg_id,
-                           t->started_at};
-        t->load = cl_db_exec(app->db, SQL_LOAD_BY_SESSION, 6, p, CL_DB_PREPARED, on_loaded, t);
+                           t->started_at, agent};
+        t->load = cl_db_exec(app->db, SQL_LOAD_BY_SESSION, 7, p, CL_DB_PREPARED, on_loaded, t);
     }
     if (!t->load) {
         uv_close((uv_handle_t *)&t->timer, on_timer_closed);

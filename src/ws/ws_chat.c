@@ -413,6 +413,10 @@ static void on_query(chat *ch, json_t *msg)
         send_error(ch, sid, CL_ERR_NOT_FOUND, "conversation not found");
         return;
     }
+    if (in.agent_id && !cl_uuid_valid(in.agent_id)) {
+        send_error(ch, sid, CL_ERR_NOT_FOUND, "agent not found");
+        return;
+    }
     session *s = calloc(1, sizeof *s);
     if (!s) {
         send_error(ch, sid, CL_ERR_PROCESSING_ERROR, "out of memory");
