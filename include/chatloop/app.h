@@ -77,6 +77,7 @@ int cl_openai_routes(cl_router *r);
 int cl_auth_routes(cl_router *r);
 int cl_conversation_routes(cl_router *r);
 int cl_key_routes(cl_router *r);         /* keys.c: /api/v1/keys */
+int cl_agent_routes(cl_router *r);       /* agents.c: /api/v1/agents */
 int cl_chat_routes(cl_router *r);
 int cl_ws_routes(cl_router *r);
 int cl_llm_routes(cl_router *r);

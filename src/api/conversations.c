@@ -27,12 +27,12 @@
  * that has not moved. A conversation that receives a turn while a client
  * pages moves to the front (updated_at is bumped), as newest-first implies.
  */
-#include "chatloop/hex.h"
 #include "chatloop/api.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/json_body.h"
 #include "chatloop/log.h"
+#include "chatloop/query_args.h"
 #include "chatloop/router.h"
 #include "chatloop/utf8.h"
 
@@ -95,6 +95,12 @@ static void not_found(cl_req *r)
     cl_api_error(r, CL_ERR_NOT_FOUND, "conversation not found", NULL, NULL);
 }
 
+/* Another user's agent is a missing one, as everywhere (404, not 400). */
+static void agent_not_found(cl_req *r)
+{
+    cl_api_error(r, CL_ERR_NOT_FOUND, "agent not found", "{\"field\":\"agent_id\"}", NULL);
+}
+
 static void field_error(cl_req *r, const char *field, const char *message)
 {
     char details[64];
@@ -112,74 +118,6 @@ static int path_id(cl_req *r, char out[37])
         return 0;
     }
     return 1;
-}
-
-/* The first `name=value` of the query string, percent-decoded (and '+' as
- * space) into out. Returns 1 when found, 0 when absent, -1 when the value
- * is malformed or does not fit. */
-static int query_param(const cl_req *r, const char *name, char *out, size_t outlen)
-{
-    size_t qlen = 0;
-    const char *q = cl_req_query(r, &qlen);
-    size_t nlen = strlen(name);
-    while (q && qlen) {
-        const char *amp = memchr(q, '&', qlen);
-        size_t plen = amp ? (size_t)(amp - q) : qlen;
-        if (plen > nlen && q[nlen] == '=' && memcmp(q, name, nlen) == 0) {
-            size_t o = 0;
-            for (size_t i = nlen + 1; i < plen; i++) {
-                char c = q[i];
-                if (c == '%') {
-                    int hi = i + 2 < plen ? cl_hexval(q[i + 1]) : -1;
-                    int lo = hi >= 0 ? cl_hexval(q[i + 2]) : -1;
-                    if (lo < 0)
-                        return -1;
-                    c = (char)(hi * 16 + lo);
-                    i += 2;
-                } else if (c == '+') {
-                    c = ' ';
-                }
-                if (c == '\0' || o + 1 >= outlen)
-                    return -1;
-                out[o++] = c;
-            }
-            out[o] = '\0';
-            return 1;
-        }
-        if (plen == nlen && memcmp(q, name, nlen) == 0) {   /* "name" or "name=" alone */
-            out[0] = '\0';
-            return 1;
-        }
-        if (!amp)
-            break;
-        qlen -= plen + 1;
-        q = amp + 1;
-    }
-    return 0;
-}
-
-/* A decimal in [min, max] from the query; `def` when absent. Returns the
- * value, or -1 after answering 400 naming the parameter. */
-static long query_int(cl_req *r, const char *name, long def, long min, long max)
-{
-    char v[16];
-    int got = query_param(r, name, v, sizeof v);
-    if (got == 0)
-        return def;
-    long n = 0;
-    int ok = got == 1 && v[0] && strlen(v) <= 6;
-    for (const char *s = v; ok && *s; s++) {
-        ok = *s >= '0' && *s <= '9';
-        n = n * 10 + (*s - '0');
-    }
-    if (!ok || n < min || n > max) {
-        char msg[96], details[64];
-        snprintf(msg, sizeof msg, "'%s' must be an integer from %ld to %ld", name, min, max);
-        snprintf(details, sizeof details, "{\"field\":\"%s\"}", name);
-        cl_api_error(r, CL_ERR_INVALID_REQUEST, msg, details, NULL);
-        return -1;
-    }
-    return n;
 }
 
 static int has_control(const char *s)
@@ -201,14 +139,14 @@ static void created(void *ud, const cl_db_res *res)
         /* 23503 with an agent: it was deleted between the check and the
          * insert (without one, the caller's user row is gone: a 500). */
         if (has_agent && strcmp(res->sqlstate, "23503") == 0)
-            field_error(r, "agent_id", "'agent_id' does not name one of your agents");
+            agent_not_found(r);
         else
             cl_db_error_reply(r, res, "create conversation");
         return;
     }
     if (cl_db_rows(res) != 1) {
         /* The insert's WHERE found no agent of this user with that id. */
-        field_error(r, "agent_id", "'agent_id' does not name one of your agents");
+        agent_not_found(r);
         return;
     }
     cl_api_ok(r, 201, "conversation created", cl_db_get(res, 0, 0));
@@ -259,7 +197,7 @@ static void conversation_create(cl_req *r)
         goto done;
     }
     if (agent_id && !cl_uuid_valid(agent_id)) {
-        field_error(r, "agent_id", "'agent_id' must be a UUID");
+        agent_not_found(r);     /* it names no agent of theirs, as a missing one */
         goto done;
     }
     if (system_prompt && strlen(system_prompt) > SYSTEM_PROMPT_MAX_BYTES) {
@@ -357,12 +295,12 @@ static int parse_cursor(char *s, char **us, char **id)
 
 static void conversation_list(cl_req *r)
 {
-    long limit = query_int(r, "limit", LIST_DEFAULT, 1, LIST_MAX);
+    long limit = cl_query_int(r, "limit", LIST_DEFAULT, 1, LIST_MAX);
     if (limit < 0)
         return;
     char cursor[80];
     char *before_us = NULL, *before_id = NULL;
-    int got = query_param(r, "before", cursor, sizeof cursor);
+    int got = cl_query_param(r, "before", cursor, sizeof cursor);
     if (got != 0 && (got < 0 || parse_cursor(cursor, &before_us, &before_id) != 0)) {
         field_error(r, "before",
                     "'before' must be a cursor from a previous page's next_before");
@@ -483,7 +421,7 @@ static void usage_done(void *ud, const cl_db_res *res)
 
 static void usage_get(cl_req *r)
 {
-    long days = query_int(r, "days", USAGE_DEFAULT_DAYS, 1, USAGE_MAX_DAYS);
+    long days = cl_query_int(r, "days", USAGE_DEFAULT_DAYS, 1, USAGE_MAX_DAYS);
     if (days < 0 || !cl_db_require(r))
         return;
     char d[24];

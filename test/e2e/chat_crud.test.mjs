@@ -64,13 +64,17 @@ test('create: bad fields → 400 naming the field; nothing stored', async () => 
     [{ model: '' }, 'model'],
     [{ model: 7 }, 'model'],
     [{ model: 'm'.repeat(129) }, 'model'],
-    [{ agent_id: 'not-a-uuid' }, 'agent_id'],
-    [{ agent_id: '00000000-0000-4000-8000-000000000000' }, 'agent_id'],
+    [{ agent_id: 5 }, 'agent_id'],
   ];
   for (const [body, field] of cases) {
     const r = await api(srv.port, 'POST', '/api/v1/conversations', { token: u.token, body });
     const j = checkErrorEnvelope(assert, r, 400, 'INVALID_REQUEST');
     assert.equal(j.error.details.field, field, `${JSON.stringify(body).slice(0, 60)}: ${r.text}`);
+  }
+  // an agent_id that names none of the caller's agents is a missing agent: 404
+  for (const agent_id of ['not-a-uuid', '00000000-0000-4000-8000-000000000000']) {
+    const r = await api(srv.port, 'POST', '/api/v1/conversations', { token: u.token, body: { agent_id } });
+    assert.equal(checkErrorEnvelope(assert, r, 404, 'NOT_FOUND').message, 'agent not found', agent_id);
   }
   for (const body of ['{"title": ', '[1]', '"str"']) {
     checkErrorEnvelope(assert, await api(srv.port, 'POST', '/api/v1/conversations', { token: u.token, body }), 400, 'INVALID_REQUEST');
