@@ -14,7 +14,7 @@
  * "1GiB", "512KB" (KB=1000) or a bare integer meaning bytes.
  *
  * Keys whose feature has not landed yet (tls_cert, tls_key, retrieval_timeout,
- * rate_limit_per_minute, cors_origins) are known but refuse any value other
+ * cors_origins) are known but refuse any value other
  * than their inactive default, naming the key: nothing is accepted and
  * ignored (cl_config_key_not_yet).
  *
@@ -99,7 +99,9 @@ typedef struct cl_config {
     uint64_t jwt_ttl_ms;
     int kdf_iterations;             /* PBKDF2-SHA256 iterations for new hashes */
     int kdf_queue_max;              /* per worker: KDF jobs queued or running; past it 503 */
-    int rate_limit_per_minute;
+    int rate_limit_per_minute;       /* chat turns per user (0 off) */
+    int auth_rate_limit_per_minute;  /* register/login per client address (0 off) */
+    int max_turns_per_user;          /* concurrent turns per user (0 off) */
     char *cors_origins;             /* comma-separated allowlist, "" = none, "*" = any */
 
     /* logging */

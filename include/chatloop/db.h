@@ -98,6 +98,9 @@ void cl_db_free(cl_db *db);
 cl_db_query *cl_db_exec(cl_db *db, const char *sql, int nparams, const char *const *params,
                         int flags, cl_db_cb cb, void *ud);
 void cl_db_cancel(cl_db_query *q);
+/** The query goes on, its result to `cb(ud, ...)` instead (its owner is
+ *  leaving but what the statement did must be seen to). */
+void cl_db_redirect(cl_db_query *q, cl_db_cb cb, void *ud);
 
 /**
  * For a durable write not yet confirmed: make it durable on disk now.

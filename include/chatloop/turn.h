@@ -89,6 +89,10 @@ void cl_turn_cancel(cl_turn *t);
 /** "LOADING", "GENERATING", ... (logs, tests). */
 const char *cl_turn_state_name(const cl_turn *t);
 
+/** For a turn that failed with RATE_LIMITED (read in the sink's on_error):
+ *  which limit and when to retry. 1, or 0 for any other failure. */
+int cl_turn_refusal(const cl_turn *t, cl_limit_kind *kind, long *retry_after_ms);
+
 /** The largest max_tokens a turn or an agent may ask for. */
 #define CL_TURN_MAX_TOKENS 131072
 

@@ -22,6 +22,7 @@
  * is wiped when the op is freed; the hashing jobs wipe their own copies.
  */
 #include "chatloop/api.h"
+#include "chatloop/limits.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/json_body.h"
@@ -229,7 +230,76 @@ static void register_hashed(void *ud, const char *encoded)
     }
 }
 
-static void auth_register(cl_req *r)
+/* ---- auth_rate_limit_per_minute: per client address, before any hashing ---------- */
+
+typedef struct ip_check {
+    cl_db_query *q;
+    void (*next)(cl_req *r);
+} ip_check;
+
+static void ip_check_cancel(void *state)
+{
+    ip_check *c = state;
+    cl_db_cancel(c->q);
+}
+
+static void ip_checked(void *ud, const cl_db_res *res)
+{
+    ip_check *c = ud;
+    void (*next)(cl_req *) = c->next;
+    cl_req *r = cl_req_resume(c);
+    const char *allowed = res->ok && cl_db_rows(res) == 1 ? cl_db_get(res, 0, 0) : NULL;
+    if (!res->ok) {
+        cl_db_error_reply(r, res, "checking the sign-in rate");
+        return;
+    }
+    if (allowed && strcmp(allowed, "f") == 0) {
+        const char *ms = cl_db_get(res, 0, 1);
+        cl_metrics_rate_limited(CL_LIMIT_AUTH_IP);
+        cl_limits_refuse(r, CL_LIMIT_AUTH_IP, ms ? atol(ms) : 1000);
+        return;
+    }
+    next(r);
+}
+
+/* The address without its port ("1.2.3.4:5678", "::1:5678"). Behind a
+ * proxy every client has the proxy's address: see the README. */
+static void peer_addr(const cl_req *r, char out[56])
+{
+    snprintf(out, 56, "%s", r->conn->peer);
+    char *colon = strrchr(out, ':');
+    if (colon)
+        *colon = '\0';
+}
+
+/* Runs next(r) if the caller's address is within its budget, else answers
+ * 429 — in one statement, before the KDF or any other database work. */
+static void rate_checked(cl_req *r, void (*next)(cl_req *r))
+{
+    const cl_config *cfg = cl_app_current()->w->cfg;
+    if (cfg->auth_rate_limit_per_minute <= 0) {
+        next(r);
+        return;
+    }
+    if (!cl_db_require(r))
+        return;
+    static const char sql[] = "SELECT allowed, retry_after_ms FROM chatloop_take_auth($1, $2::int, $3::int)";
+    long interval = 60000000L / cfg->auth_rate_limit_per_minute;
+    char addr[56], iv[24], burst[24];
+    peer_addr(r, addr);
+    snprintf(iv, sizeof iv, "%ld", interval);
+    snprintf(burst, sizeof burst, "%ld", interval * cfg->auth_rate_limit_per_minute);
+    ip_check *c = cl_req_defer(r, sizeof *c, ip_check_cancel);
+    if (!c)
+        return;
+    c->next = next;
+    const char *p[] = {addr, iv, burst};
+    c->q = cl_db_exec(cl_app_current()->db, sql, 3, p, CL_DB_PREPARED, ip_checked, c);
+    if (!c->q)
+        cl_api_error(cl_req_resume(c), CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+}
+
+static void do_register(cl_req *r)
 {
     const char *email, *password;
     json_t *body = read_credentials(r, 1, &email, &password);
@@ -351,7 +421,7 @@ static void login_found(void *ud, const cl_db_res *res)
                      NULL, NULL);
 }
 
-static void auth_login(cl_req *r)
+static void do_login(cl_req *r)
 {
     const char *email, *password;
     json_t *body = read_credentials(r, 0, &email, &password);
@@ -382,6 +452,16 @@ static void auth_login(cl_req *r)
                        1, params, 0, login_found, op);
     if (!op->q)
         cl_api_error(op_finish(op), CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+}
+
+static void auth_register(cl_req *r)
+{
+    rate_checked(r, do_register);
+}
+
+static void auth_login(cl_req *r)
+{
+    rate_checked(r, do_login);
 }
 
 int cl_auth_routes(cl_router *r)

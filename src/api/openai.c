@@ -12,6 +12,7 @@
 #include "chatloop/auth.h"
 #include "chatloop/json_body.h"
 #include "chatloop/jsonw.h"
+#include "chatloop/limits.h"
 #include "chatloop/log.h"
 #include "chatloop/metrics.h"
 #include "chatloop/router.h"
@@ -34,6 +35,9 @@ typedef struct relay {
     int begun;                  /* counted in turns_active */
     cl_outcome outcome;         /* how it ended, for the metrics */
     uint64_t started_ns, first_chunk_ns;
+    json_t *body;               /* held while the limit is checked */
+    cl_db_query *limit_check;   /* chatloop_take_turn, before the upstream call */
+    int leased;                 /* holds a place under max_turns_per_user (lease: usage_key) */
 } relay;
 
 /* ---- OpenAI-format errors ------------------------------------------------------ */
@@ -123,6 +127,16 @@ static int validate(cl_req *r, json_t *body)
 
 static void relay_free(relay *rl)
 {
+    cl_db_cancel(rl->limit_check);
+    json_decref(rl->body);
+    if (rl->leased) {
+        /* an ordinary write: if it is lost, the lease lapses by itself */
+        static const char sql[] = "SELECT chatloop_end_turn($1::uuid, $2::text)";
+        const char *p[] = {rl->user_id, rl->usage_key};
+        cl_app *app = cl_app_current();
+        if (app && app->db)
+            cl_db_exec(app->db, sql, 2, p, CL_DB_PREPARED, NULL, NULL);
+    }
     if (rl->begun) {
         uint64_t now = uv_hrtime();
         cl_metrics_turn_end(CL_TRANSPORT_OPENAI, rl->outcome, (double)(now - rl->started_ns) / 1e6,
@@ -165,6 +179,11 @@ static void record_usage(relay *rl, const char *model, const cl_llm_usage *u)
 static void relay_abort(cl_req *r)
 {
     relay *rl = r->handler_data;
+    if (!rl->call) {
+        /* still checking the limit: nothing was asked upstream */
+        relay_free(rl);
+        return;
+    }
     /* the client left: stop the upstream now (its socket closes this
      * iteration), after taking the usage of what streamed */
     cl_llm_usage u;
@@ -347,6 +366,9 @@ static const cl_llm_callbacks relay_callbacks = {
     .on_error = on_error,
 };
 
+static int check_limit(relay *rl);
+static void start_relay(relay *rl, json_t *body);
+
 static void chat_completions(cl_req *r)
 {
     cl_app *app = cl_app_current();
@@ -367,6 +389,7 @@ static void chat_completions(cl_req *r)
         return;
     }
     rl->req = r;
+    rl->started_ns = uv_hrtime(); /* TTFT includes the limit check */
     memcpy(rl->user_id, r->user_id, sizeof rl->user_id);
     memcpy(rl->api_key_id, r->api_key_id, sizeof rl->api_key_id);
     char uuid[37] = "";
@@ -377,8 +400,68 @@ static void chat_completions(cl_req *r)
         json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage"));
     r->handler_data = rl;
     r->on_abort = relay_abort;
-    rl->call = cl_llm_start(app->llm, body, &relay_callbacks, rl);
+    if (cl_limits_turns_on(app->w->cfg) && app->db && rl->user_id[0]) {
+        rl->body = body;
+        if (check_limit(rl) == 0)
+            return;
+        rl->body = NULL;
+    }
+    start_relay(rl, body);
     json_decref(body);
+}
+
+/* The limits of a turn hold for completions too: one statement before the
+ * upstream is asked (a chat turn checks in its history statement; the
+ * relay has none). */
+static const char SQL_TAKE_TURN[] =
+    "SELECT allowed, which, retry_after_ms FROM "
+    CL_SQL_TAKE_TURN("$1", "$2", "$3", "$4", "$5", "$6");
+
+static void limit_checked(void *ud, const cl_db_res *res)
+{
+    relay *rl = ud;
+    rl->limit_check = NULL;
+    json_t *body = rl->body;
+    rl->body = NULL;
+    const char *allowed = res->ok && cl_db_rows(res) == 1 ? cl_db_get(res, 0, 0) : NULL;
+    if (allowed && strcmp(allowed, "f") == 0) {
+        const char *ms = cl_db_get(res, 0, 2);
+        cl_limit_kind k = cl_limits_kind(cl_db_get(res, 0, 1));
+        cl_req *r = rl->req;
+        r->on_abort = NULL;
+        r->handler_data = NULL;
+        relay_free(rl);
+        json_decref(body);
+        cl_metrics_rate_limited(k);
+        cl_limits_refuse_openai(r, k, ms ? atol(ms) : 1000);
+        return;
+    }
+    /* Without an answer (the database is down or slow) the completion goes
+     * ahead: the relay needs no database otherwise, and its usage is
+     * spooled; the limit resumes with the database. */
+    if (!allowed)
+        CL_WARN("rate limit not checked for a completion: %s",
+                res->error ? res->error : "no answer");
+    rl->leased = allowed && cl_app_current()->w->cfg->max_turns_per_user > 0;
+    start_relay(rl, body);
+    json_decref(body);
+}
+
+static int check_limit(relay *rl)
+{
+    cl_app *app = cl_app_current();
+    cl_turn_limit_params lp;
+    cl_limits_turn_params(app->w->cfg, &lp);
+    const char *p[] = {rl->user_id, lp.interval_us, lp.burst_us, lp.max, rl->usage_key, lp.lease_s};
+    rl->limit_check = cl_db_exec(app->db, SQL_TAKE_TURN, 6, p, CL_DB_PREPARED, limit_checked, rl);
+    return rl->limit_check ? 0 : -1;
+}
+
+static void start_relay(relay *rl, json_t *body)
+{
+    cl_app *app = cl_app_current();
+    cl_req *r = rl->req;
+    rl->call = cl_llm_start(app->llm, body, &relay_callbacks, rl);
     if (!rl->call) {
         r->on_abort = NULL;
         relay_free(rl);
@@ -386,7 +469,6 @@ static void chat_completions(cl_req *r)
         return;
     }
     rl->begun = 1;
-    rl->started_ns = uv_hrtime();
     cl_metrics_turn_begin(CL_TRANSPORT_OPENAI);
     /* first token, idle and total timeouts bound it from here (llm.h) */
     cl_req_clear_deadline(r);

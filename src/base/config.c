@@ -167,8 +167,13 @@ static const key_desc keys[] = {
           "PBKDF2-SHA256 iterations for new password hashes"),
     K_INT(kdf_queue_max, "32", 1, 100000,
           "password hashings (register, login) queued or running per worker; past it 503 at once"),
-    K_INT_NOT_YET(rate_limit_per_minute, "0", 0, 1000000, "requests per minute per client; 0 is off",
-                  "rate limits arrive in a later release"),
+    K_INT(rate_limit_per_minute, "60", 0, 1000000,
+          "chat turns per minute per user, every transport and instance (a token bucket of this "
+          "size refilled evenly); 0 is off"),
+    K_INT(auth_rate_limit_per_minute, "30", 0, 1000000,
+          "register and login attempts per minute per client address; 0 is off"),
+    K_INT(max_turns_per_user, "8", 0, 100000,
+          "chat turns one user may run at once, every transport and instance; 0 is off"),
     K_STR_NOT_YET(cors_origins, "", "comma-separated allowed origins; empty is none, * is any",
                   "CORS arrives in a later release"),
 

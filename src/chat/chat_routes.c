@@ -13,6 +13,7 @@
  * freed in the timer's close callback, after the request has ended.
  */
 #include "chatloop/api.h"
+#include "chatloop/limits.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/json_body.h"
@@ -129,9 +130,15 @@ static void sink_error(void *ud, cl_err_code code, const char *message)
 {
     exchange *x = ud;
     cl_req *r = x->req;
+    cl_limit_kind kind;
+    long retry_ms;
+    int refused = cl_turn_refusal(x->turn, &kind, &retry_ms);
     x->turn = NULL;
     r->on_abort = NULL;
-    if (x->stream && x->started) {
+    if (refused && !x->started) {
+        /* refused before anything was sent: a plain 429, streamed or not */
+        cl_limits_refuse(r, kind, retry_ms);
+    } else if (x->stream && x->started) {
         cl_buf e;
         cl_buf_init(&e, 0);
         cl_buf_printf(&e, "{\"code\":\"%s\",\"message\":", cl_err_name(code));

@@ -28,6 +28,8 @@
 #include "chatloop/log.h"
 #include "chatloop/metrics.h"
 
+#include "chatloop/limits.h"
+
 #include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,7 +44,8 @@ typedef enum { OUT_NONE, OUT_DONE, OUT_ERROR } turn_outcome;
 /* Result columns of the load statements (SQL_LOAD_RESULT). */
 enum {
     LC_ID, LC_SYSTEM_PROMPT, LC_MODEL, LC_HISTORY, LC_COUNT, LC_BYTES, LC_TEMPERATURE,
-    LC_MAX_TOKENS, LC_TOP_P, LC_EFFORT, LC_K, LC_COLLECTION, LC_TOOLS, LC_AGENT_OK
+    LC_MAX_TOKENS, LC_TOP_P, LC_EFFORT, LC_K, LC_COLLECTION, LC_TOOLS, LC_AGENT_OK,
+    LC_LIMIT_ALLOWED, LC_LIMIT_WHICH, LC_LIMIT_RETRY_MS, LC_LEASE_USER, LC_LEASE
 };
 
 struct cl_turn {
@@ -62,6 +65,10 @@ struct cl_turn {
     char model_used[160];
     char user_id[37];
     char api_key_id[37];            /* "" when not called with a key */
+    int limited;                    /* the load statement took a limit (limits.h) ... */
+    int leased;                     /* ... and holds a lease (released by the store) */
+    cl_limit_kind refused_kind;     /* RATE_LIMITED: which limit, and when to retry */
+    long refused_retry_ms;
     char conversation_id[37];
     char user_msg_id[37];
     char assistant_msg_id[37];
@@ -173,13 +180,48 @@ static void on_timer_closed(uv_handle_t *h)
     free(t);
 }
 
+/* A turn that holds a lease but will store no answer gives it back (an
+ * ordinary write: if it is lost, the lease lapses by itself). */
+static void release_lease_of(cl_db *db, const char *user, const char *lease)
+{
+    static const char sql[] = "SELECT chatloop_end_turn($1::uuid, $2::text)";
+    const char *p[] = {user, lease};
+    cl_db_exec(db, sql, 2, p, CL_DB_PREPARED, NULL, NULL);
+}
+
+static void release_lease(cl_turn *t)
+{
+    if (!t->leased)
+        return;
+    t->leased = 0;
+    release_lease_of(t->app->db, t->user_id, t->assistant_msg_id);
+}
+
+/* The load of a turn that ended while it ran (the client left, the
+ * deadline passed) still commits: if it took a lease, the row says whose,
+ * and it goes back. */
+static void on_orphan_load(void *ud, const cl_db_res *res)
+{
+    cl_db *db = ud;
+    if (!res->ok || cl_db_rows(res) != 1)
+        return;
+    const char *allowed = cl_db_get(res, 0, LC_LIMIT_ALLOWED);
+    const char *user = cl_db_get(res, 0, LC_LEASE_USER), *lease = cl_db_get(res, 0, LC_LEASE);
+    if (allowed && strcmp(allowed, "t") == 0 && user && lease)
+        release_lease_of(db, user, lease);
+}
+
 /* FINISHED: whatever is still attached is let go (a durable write goes on
  * without us), the sink hears the outcome once, and the memory goes when
  * the timer's close callback runs — after every caller has returned. */
 static void enter_finished(cl_turn *t)
 {
-    cl_db_cancel(t->load);
+    if (t->load && t->limited && t->app->w->cfg->max_turns_per_user > 0)
+        cl_db_redirect(t->load, on_orphan_load, t->app->db);
+    else
+        cl_db_cancel(t->load);
     t->load = NULL;
+    release_lease(t);
     cl_db_cancel(t->store);
     t->store = NULL;
     assert(!t->call);
@@ -218,7 +260,10 @@ static const char SQL_STORE_ANSWER[] =
     "  prompt_tokens, completion_tokens, total_tokens, estimated, source, api_key_id)"
     " SELECT $3::uuid, $12, (SELECT id FROM c), $1::uuid, $7, $8::int, $9::int,"
     "  $8::int + $9::int, $13::boolean, 'chat', $15::uuid WHERE $14::boolean"
-    " ON CONFLICT (idempotency_key) DO NOTHING) "
+    " ON CONFLICT (idempotency_key) DO NOTHING), "
+    /* the turn's place under max_turns_per_user, given back with its answer */
+    "rl AS (UPDATE user_limits SET leases = leases - $16::text"
+    " WHERE $16::text IS NOT NULL AND user_id = $3::uuid AND leases ? $16::text) "
     "SELECT count(*) FROM c";
 
 /* PostgreSQL text cannot hold NUL (and a C string parameter would end at
@@ -265,8 +310,10 @@ static cl_db_query *store_answer(cl_turn *t, const char *status, const char *mod
     const char *p[] = {t->assistant_msg_id, t->conversation_id, t->user_id, content ? content : "",
                        status, NULL, model, prompt, completion, error, created, key,
                        u->present ? "false" : "true", spend ? "true" : "false",
-                       t->api_key_id[0] ? t->api_key_id : NULL};
-    cl_db_query *q = cl_db_exec(t->app->db, SQL_STORE_ANSWER, 15, p, CL_DB_DURABLE | CL_DB_PREPARED,
+                       t->api_key_id[0] ? t->api_key_id : NULL,
+                       t->leased ? t->assistant_msg_id : NULL};
+    t->leased = 0;
+    cl_db_query *q = cl_db_exec(t->app->db, SQL_STORE_ANSWER, 16, p, CL_DB_DURABLE | CL_DB_PREPARED,
                                 cb ? cb : on_background_write, ud);
     free(clean);
     if (!q)
@@ -551,7 +598,23 @@ static void on_loaded(void *ud, const cl_db_res *res)
         fail(t, CL_ERR_NOT_FOUND, "agent not found");
         return;
     }
+    const char *allowed = cl_db_get(res, 0, LC_LIMIT_ALLOWED);
+    if (allowed && strcmp(allowed, "f") == 0) {
+        const cl_config *cfg = t->app->w->cfg;
+        const char *ms = cl_db_get(res, 0, LC_LIMIT_RETRY_MS);
+        t->refused_kind = cl_limits_kind(cl_db_get(res, 0, LC_LIMIT_WHICH));
+        t->refused_retry_ms = ms ? atol(ms) : 1000;
+        char msg[200];
+        cl_limits_message(cfg, t->refused_kind, cl_limits_retry_s(t->refused_retry_ms), msg,
+                          sizeof msg);
+        cl_metrics_rate_limited(t->refused_kind);
+        fail(t, CL_ERR_RATE_LIMITED, msg);
+        return;
+    }
+    /* a lease is held from here until the answer's store gives it back */
+    t->leased = allowed && t->app->w->cfg->max_turns_per_user > 0;
     if (!cl_db_get(res, 0, LC_ID)) {
+        release_lease(t);
         fail(t, CL_ERR_NOT_FOUND, "conversation not found");
         return;
     }
@@ -593,36 +656,62 @@ static void on_load_deadline(uv_timer_t *h)
     "WITH ag AS (SELECT " agent "::uuid IS NULL OR EXISTS (SELECT 1 FROM agents"                  \
     " WHERE id = " agent "::uuid AND user_id = " user "::uuid) AS ok), "
 
-/* One row, always: the conversation (NULL id when it is not the caller's),
- * the prompt and model (conversation's, else the agent's), the history,
- * the agent's parameters (the turn's own win over them, in enter_generating)
- * and whether the given agent was found. The agent is the turn's, else the
- * conversation's. */
-#define SQL_LOAD_RESULT(user, agent)                                                               \
+/* The rate limits (limits.h), checked by the same statement: `lim` takes
+ * a turn from the user's bucket and a lease under max_turns_per_user — only
+ * when the agent is fine (a pseudo-constant WHERE: the function is not
+ * called otherwise) — and `gate` is what every write below waits on, so a
+ * refused turn stores nothing. $8..$12: interval, bucket, max, lease
+ * seconds, lease id (the assistant message's id). Without limits, `lim`
+ * is a row of NULLs and costs nothing. */
+#define SQL_LIMIT_GATE(user)                                                                       \
+    "lim AS (SELECT * FROM " CL_SQL_TAKE_TURN(user, "$8", "$9", "$10", "$12", "$11")              \
+    " WHERE (SELECT ok FROM ag)), "                                                                \
+    "gate AS (SELECT (SELECT ok FROM ag) AND coalesce((SELECT allowed FROM lim), true) AS ok), "
+#define SQL_NO_LIMIT_GATE                                                                          \
+    "lim AS (SELECT NULL::boolean AS allowed, NULL::text AS which, NULL::int AS retry_after_ms), " \
+    "gate AS (SELECT ok FROM ag), "
+
+/* One row, always: the conversation (NULL id when it is not the caller's
+ * or the turn was refused), the prompt and model (conversation's, else
+ * the agent's), the history, the agent's parameters (the turn's own win
+ * over them, in enter_generating), whether the given agent was found, and
+ * the limit's verdict with the lease (see on_orphan_load). The agent is
+ * the turn's, else the conversation's. */
+#define SQL_LOAD_RESULT(user, agent, lease)                                                        \
     "SELECT c.id, coalesce(c.system_prompt, a.system_prompt), coalesce(c.model, a.model),"        \
     " h.msgs, h.n, h.bytes, a.temperature, a.max_tokens, a.top_p, a.reasoning_effort, a.k,"       \
-    " a.collection, a.tools::text, ag.ok"                                                          \
-    " FROM ag LEFT JOIN c ON true"                                                                 \
+    " a.collection, a.tools::text, ag.ok, lim.allowed, lim.which, lim.retry_after_ms,"            \
+    " " user "::text, " lease "::text"                                                             \
+    " FROM ag LEFT JOIN lim ON true LEFT JOIN c ON true"                                           \
     " LEFT JOIN agents a ON a.id = coalesce(" agent "::uuid, c.agent_id)"                          \
     "  AND a.user_id = " user "::uuid" SQL_HISTORY
 
-static const char SQL_LOAD_BY_ID[] =
-    SQL_AGENT_CHECK("$2", "$7")
-    "c AS (UPDATE conversations SET updated_at = now()"
-    " WHERE id = $1::uuid AND user_id = $2::uuid AND (SELECT ok FROM ag)"
-    " RETURNING id, system_prompt, model, agent_id), "
+#define SQL_BY_ID_BODY                                                                             \
+    "c AS (UPDATE conversations SET updated_at = now()"                                           \
+    " WHERE id = $1::uuid AND user_id = $2::uuid AND (SELECT ok FROM gate)"                       \
+    " RETURNING id, system_prompt, model, agent_id), "                                             \
     SQL_STORE_USER_MESSAGE("$2", "$4", "$5", "$6")
-    SQL_LOAD_RESULT("$2", "$7");
 
 /* A conversation created here with an agent keeps it for later turns. */
-static const char SQL_LOAD_BY_SESSION[] =
-    SQL_AGENT_CHECK("$1", "$7")
-    "c AS (INSERT INTO conversations (user_id, session_key, title, agent_id)"
-    " SELECT $1::uuid, $2, left($4, 80), $7::uuid WHERE (SELECT ok FROM ag)"
-    " ON CONFLICT (user_id, session_key) DO UPDATE SET updated_at = now()"
-    " RETURNING id, system_prompt, model, agent_id), "
+#define SQL_BY_SESSION_BODY                                                                        \
+    "c AS (INSERT INTO conversations (user_id, session_key, title, agent_id)"                      \
+    " SELECT $1::uuid, $2, left($4, 80), $7::uuid WHERE (SELECT ok FROM gate)"                    \
+    " ON CONFLICT (user_id, session_key) DO UPDATE SET updated_at = now()"                         \
+    " RETURNING id, system_prompt, model, agent_id), "                                             \
     SQL_STORE_USER_MESSAGE("$1", "$5", "$4", "$6")
-    SQL_LOAD_RESULT("$1", "$7");
+
+static const char SQL_LOAD_BY_ID[] =
+    SQL_AGENT_CHECK("$2", "$7") SQL_NO_LIMIT_GATE SQL_BY_ID_BODY
+    SQL_LOAD_RESULT("$2", "$7", "NULL");
+static const char SQL_LOAD_BY_SESSION[] =
+    SQL_AGENT_CHECK("$1", "$7") SQL_NO_LIMIT_GATE SQL_BY_SESSION_BODY
+    SQL_LOAD_RESULT("$1", "$7", "NULL");
+static const char SQL_LOAD_BY_ID_LIMITED[] =
+    SQL_AGENT_CHECK("$2", "$7") SQL_LIMIT_GATE("$2") SQL_BY_ID_BODY
+    SQL_LOAD_RESULT("$2", "$7", "$12");
+static const char SQL_LOAD_BY_SESSION_LIMITED[] =
+    SQL_AGENT_CHECK("$1", "$7") SQL_LIMIT_GATE("$1") SQL_BY_SESSION_BODY
+    SQL_LOAD_RESULT("$1", "$7", "$12");
 
 /* ---- public ------------------------------------------------------------------------ */
 
@@ -667,15 +756,23 @@ cl_turn *cl_turn_start(cl_app *app, const cl_turn_input *in, const cl_turn_sink 
     char limit[16];
     snprintf(limit, sizeof limit, "%d", app->w->cfg->history_messages);
     const char *agent = t->agent_id[0] ? t->agent_id : NULL;
+    cl_turn_limit_params lp;
+    t->limited = cl_limits_turns_on(app->w->cfg);
+    cl_limits_turn_params(app->w->cfg, &lp);
+    int np = t->limited ? 12 : 7;
     if (in->conversation_id) {
         snprintf(t->conversation_id, sizeof t->conversation_id, "%s", in->conversation_id);
         const char *p[] = {t->conversation_id, t->user_id, limit, t->user_msg_id, t->message,
-                           t->started_at, agent};
-        t->load = cl_db_exec(app->db, SQL_LOAD_BY_ID, 7, p, CL_DB_PREPARED, on_loaded, t);
+                           t->started_at, agent, lp.interval_us, lp.burst_us, lp.max, lp.lease_s,
+                           t->assistant_msg_id};
+        t->load = cl_db_exec(app->db, t->limited ? SQL_LOAD_BY_ID_LIMITED : SQL_LOAD_BY_ID, np, p,
+                             CL_DB_PREPARED, on_loaded, t);
     } else {
         const char *p[] = {t->user_id, t->session_key, limit, t->message, t->user_msg_id,
-                           t->started_at, agent};
-        t->load = cl_db_exec(app->db, SQL_LOAD_BY_SESSION, 7, p, CL_DB_PREPARED, on_loaded, t);
+                           t->started_at, agent, lp.interval_us, lp.burst_us, lp.max, lp.lease_s,
+                           t->assistant_msg_id};
+        t->load = cl_db_exec(app->db, t->limited ? SQL_LOAD_BY_SESSION_LIMITED : SQL_LOAD_BY_SESSION,
+                             np, p, CL_DB_PREPARED, on_loaded, t);
     }
     if (!t->load) {
         uv_close((uv_handle_t *)&t->timer, on_timer_closed);
@@ -714,6 +811,15 @@ void cl_turn_cancel(cl_turn *t)
     /* LOADING: the statement may still commit the user message; STORING:
      * the answer's write goes on (durable). Nobody waits for either. */
     turn_set_state(t, TURN_FINISHED, NULL);
+}
+
+int cl_turn_refusal(const cl_turn *t, cl_limit_kind *kind, long *retry_after_ms)
+{
+    if (!t || t->err_code != CL_ERR_RATE_LIMITED || !t->limited)
+        return 0;
+    *kind = t->refused_kind;
+    *retry_after_ms = t->refused_retry_ms;
+    return 1;
 }
 
 const char *cl_turn_state_name(const cl_turn *t)

@@ -183,7 +183,83 @@ static const char m0002_keys_agents_limits[] =
     "    addr text PRIMARY KEY,\n"
     "    tat  timestamptz NOT NULL DEFAULT now()\n"
     ");\n"
-    "CREATE INDEX ip_limits_tat_idx ON ip_limits (tat);\n";
+    "CREATE INDEX ip_limits_tat_idx ON ip_limits (tat);\n"
+    "\n"
+    /* The limits as functions, so the turn's one statement (and the relay's
+     * and the auth routes') call them without a round trip of their own.
+     * GCRA: `tat` is when the user's bucket is full again; a turn costs
+     * `interval_us` and is allowed while tat - now stays within `burst_us`
+     * (the bucket's size). Leases: the turns running, by id, each with the
+     * epoch second it lapses at (an instance that dies mid-turn cannot hold
+     * a place for ever). The row is locked for the check, so every worker
+     * and instance sees one bucket. */
+    "CREATE FUNCTION chatloop_take_turn(p_user uuid, p_interval_us int, p_burst_us int,\n"
+    "    p_max int, p_lease text, p_lease_s int,\n"
+    "    OUT allowed boolean, OUT which text, OUT retry_after_ms int)\n"
+    "LANGUAGE plpgsql AS $$\n"
+    "DECLARE\n"
+    "    r user_limits%ROWTYPE;\n"
+    "    next_tat timestamptz;\n"
+    "    live jsonb;\n"
+    "    t double precision := extract(epoch FROM now());\n"
+    "BEGIN\n"
+    "    allowed := true;\n"
+    "    INSERT INTO user_limits (user_id) VALUES (p_user) ON CONFLICT (user_id) DO NOTHING;\n"
+    "    SELECT * INTO r FROM user_limits WHERE user_id = p_user FOR UPDATE;\n"
+    "    IF p_interval_us > 0 THEN\n"
+    "        next_tat := greatest(r.tat, now()) + p_interval_us * interval '1 microsecond';\n"
+    "        IF next_tat - now() > p_burst_us * interval '1 microsecond' THEN\n"
+    "            allowed := false;\n"
+    "            which := 'turn_rate';\n"
+    "            retry_after_ms := ceil((extract(epoch FROM next_tat - now()) * 1000000 - p_burst_us) / 1000);\n"
+    "            RETURN;\n"
+    "        END IF;\n"
+    "    END IF;\n"
+    "    IF p_max > 0 THEN\n"
+    "        SELECT coalesce(jsonb_object_agg(key, value), '{}') INTO live\n"
+    "            FROM jsonb_each(r.leases) WHERE value::text::float8 > t;\n"
+    "        IF (SELECT count(*) FROM jsonb_object_keys(live)) >= p_max THEN\n"
+    "            allowed := false;\n"
+    "            which := 'concurrent';\n"
+    "            retry_after_ms := 1000;\n"
+    "            RETURN;\n"
+    "        END IF;\n"
+    "        live := live || jsonb_build_object(p_lease, t + p_lease_s);\n"
+    "    END IF;\n"
+    "    UPDATE user_limits SET tat = coalesce(next_tat, r.tat), leases = coalesce(live, r.leases)\n"
+    "        WHERE user_id = p_user;\n"
+    "END $$;\n"
+    "\n"
+    "CREATE FUNCTION chatloop_end_turn(p_user uuid, p_lease text) RETURNS void\n"
+    "LANGUAGE sql AS $$\n"
+    "    UPDATE user_limits SET leases = leases - p_lease WHERE user_id = p_user AND leases ? p_lease\n"
+    "$$;\n"
+    "\n"
+    /* Per client address on register and login; a row whose bucket is full
+     * again says nothing an absent row does not, so some are pruned now and
+     * then (bounded by the index on tat). */
+    "CREATE FUNCTION chatloop_take_auth(p_addr text, p_interval_us int, p_burst_us int,\n"
+    "    OUT allowed boolean, OUT retry_after_ms int)\n"
+    "LANGUAGE plpgsql AS $$\n"
+    "DECLARE\n"
+    "    cur timestamptz;\n"
+    "    next_tat timestamptz;\n"
+    "BEGIN\n"
+    "    IF random() < 0.02 THEN\n"
+    "        DELETE FROM ip_limits WHERE addr IN\n"
+    "            (SELECT addr FROM ip_limits WHERE tat < now() LIMIT 200);\n"
+    "    END IF;\n"
+    "    INSERT INTO ip_limits (addr) VALUES (p_addr) ON CONFLICT (addr) DO NOTHING;\n"
+    "    SELECT tat INTO cur FROM ip_limits WHERE addr = p_addr FOR UPDATE;\n"
+    "    next_tat := greatest(cur, now()) + p_interval_us * interval '1 microsecond';\n"
+    "    IF next_tat - now() > p_burst_us * interval '1 microsecond' THEN\n"
+    "        allowed := false;\n"
+    "        retry_after_ms := ceil((extract(epoch FROM next_tat - now()) * 1000000 - p_burst_us) / 1000);\n"
+    "        RETURN;\n"
+    "    END IF;\n"
+    "    UPDATE ip_limits SET tat = next_tat WHERE addr = p_addr;\n"
+    "    allowed := true;\n"
+    "END $$;\n";
 
 const cl_migration cl_migrations[] = {
     { 1, "0001_initial", m0001_initial },

@@ -1269,6 +1269,14 @@ void cl_db_cancel(cl_db_query *q)
         q->cancelled = 1;
 }
 
+void cl_db_redirect(cl_db_query *q, cl_db_cb cb, void *ud)
+{
+    if (q && !q->cancelled) {
+        q->cb = cb;
+        q->ud = ud;
+    }
+}
+
 int cl_db_available(const cl_db *db)
 {
     return db && db->up > 0;

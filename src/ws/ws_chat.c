@@ -27,6 +27,7 @@
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/jsonw.h"
+#include "chatloop/limits.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
 #include "chatloop/timeheap.h"
@@ -117,6 +118,23 @@ static void send_error(chat *ch, const char *session_id, cl_err_code code, const
     cl_buf_printf(b, ",\"error\":{\"code\":\"%s\",\"message\":", cl_err_name(code));
     cl_jsonw_cstr(b, message);
     cl_buf_append_str(b, "}}");
+    send_buf(ch);
+}
+
+/* RATE_LIMITED with the seconds to wait, as the envelope's details say them. */
+static void send_refusal(chat *ch, const char *session_id, cl_limit_kind kind, long retry_ms,
+                         const char *message)
+{
+    cl_buf *b = &g_msg;
+    cl_buf_reset(b);
+    cl_buf_append_str(b, "{\"type\":\"error\",\"session_id\":");
+    cl_jsonw_cstr(b, session_id);
+    cl_buf_printf(b, ",\"retry_after\":%d,\"error\":{\"code\":\"%s\",\"message\":",
+                  cl_limits_retry_s(retry_ms), cl_err_name(CL_ERR_RATE_LIMITED));
+    cl_jsonw_cstr(b, message);
+    cl_buf_printf(b, ",\"details\":{\"kind\":\"%s\",\"limit\":%d,\"retry_after\":%d}}}",
+                  cl_limits_kind_name(kind), cl_limits_value(cl_app_current()->w->cfg, kind),
+                  cl_limits_retry_s(retry_ms));
     send_buf(ch);
 }
 
@@ -235,10 +253,16 @@ static void turn_error(void *ud, cl_err_code code, const char *message)
 {
     session *s = ud;
     chat *ch = s->ch;
+    cl_limit_kind kind;
+    long retry_ms;
+    int refused = cl_turn_refusal(s->turn, &kind, &retry_ms);
     s->turn = NULL;
     if (s->started)
         send_stream_end(ch, s, "error");
-    send_error(ch, s->id, code, message);
+    if (refused)
+        send_refusal(ch, s->id, kind, retry_ms, message);
+    else
+        send_error(ch, s->id, code, message);
     session_remove(s);
 }
 

@@ -157,20 +157,20 @@ test('a key whose feature has not landed (tls_cert, ...) refuses to start, namin
   const r = await refused(['--tls-cert', '/etc/ssl/cert.pem', '--tls-key', '/etc/ssl/key.pem'],
     '--tls-cert: tls_cert is not supported yet (TLS arrives in a later release); remove it to start');
   assert.equal(r.code, 1);
-  const p = conf('notyet.conf', 'workers = 1\nrate_limit_per_minute = 60\n');
+  const p = conf('notyet.conf', 'workers = 1\nretrieval_timeout = 5s\n');
   const f = await runCli(['--config', p, '--check-config'], { env: cleanEnv });
   assert.notEqual(f.code, 0);
-  assert.ok(f.stderr.includes(`${p}:2: rate_limit_per_minute is not supported yet`), f.stderr);
+  assert.ok(f.stderr.includes(`${p}:2: retrieval_timeout is not supported yet`), f.stderr);
   await refused(['--retrieval-timeout', '5s'], 'retrieval_timeout is not supported yet');
   const e = await runCli(['--config', empty, '--check-config'], { env: { ...cleanEnv, CHATLOOP_CORS_ORIGINS: '*' } });
   assert.notEqual(e.code, 0);
   assert.match(e.stderr, /CHATLOOP_CORS_ORIGINS: cors_origins is not supported yet/);
 
   // the inactive defaults, in any spelling, are fine; --check-config marks the keys
-  const ok = await runCli(['--config', empty, '--check-config', '--tls-cert', '', '--retrieval-timeout', '10000ms',
-    '--rate-limit-per-minute', '0'], { env: cleanEnv });
+  const ok = await runCli(['--config', empty, '--check-config', '--tls-cert', '', '--retrieval-timeout', '10000ms'],
+    { env: cleanEnv });
   assert.equal(ok.code, 0, ok.stderr);
-  for (const key of ['tls_cert', 'tls_key', 'retrieval_timeout', 'rate_limit_per_minute', 'cors_origins'])
+  for (const key of ['tls_cert', 'tls_key', 'retrieval_timeout', 'cors_origins'])
     assert.match(ok.stdout, new RegExp(`^${key} = .*# not supported yet: `, 'm'));
 });
 

@@ -168,9 +168,13 @@ export async function startServer(opts = {}, { env = {}, readyMs = 10000, config
   s.port = await freePort();
   s.config = path.join(s.tmp, 'chatloop.conf');
   writeFileSync(s.config, config);
-  // auth off unless a test asks: most tests are about other things; the auth
-  // tests pass {auth: 'required', jwtSecret: ...}.
-  const all = { workers: 1, debugRoutes: 'on', logLevel: 'warn', auth: 'off', ...opts };
+  // auth and limits off unless a test asks: most tests are about other
+  // things (and register many users from one address); the auth tests pass
+  // {auth: 'required', jwtSecret: ...}, the limit tests their limits.
+  const all = {
+    workers: 1, debugRoutes: 'on', logLevel: 'warn', auth: 'off',
+    rateLimitPerMinute: 0, authRateLimitPerMinute: 0, maxTurnsPerUser: 0, ...opts,
+  };
   s.args = ['--config', s.config, '--listen', `${HOST}:${s.port}`, ...optsToArgs(all)];
   const child = spawn(BIN, s.args, {
     cwd: s.tmp,
