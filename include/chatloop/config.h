@@ -14,7 +14,7 @@
  * "1GiB", "512KB" (KB=1000) or a bare integer meaning bytes.
  *
  * Keys whose feature has not landed yet (tls_cert, tls_key, retrieval_timeout,
- * rate_limit_per_minute, cors_origins) are known but refuse any value other
+ * rate_limit_per_minute) are known but refuse any value other
  * than their inactive default, naming the key: nothing is accepted and
  * ignored (cl_config_key_not_yet).
  *
@@ -100,7 +100,8 @@ typedef struct cl_config {
     int kdf_iterations;             /* PBKDF2-SHA256 iterations for new hashes */
     int kdf_queue_max;              /* per worker: KDF jobs queued or running; past it 503 */
     int rate_limit_per_minute;
-    char *cors_origins;             /* comma-separated allowlist, "" = none, "*" = any */
+    char *cors_origins;             /* comma-separated allowlist, "" = none, "*" = any;
+                                     * syntax checked by cl_origin_list_check when set */
 
     /* logging */
     cl_log_level log_level;
