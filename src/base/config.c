@@ -95,7 +95,8 @@ static const char *const effort_choices[] = { "", "low", "medium", "high", "none
 static const key_desc keys[] = {
     /* listener */
     { "listen", T_LISTEN, FIELD(listen, char *), "127.0.0.1:8080", 0, 0, NULL, 0,
-      "address to listen on: host:port, [ipv6]:port, :port or a bare port (all interfaces)", NULL, NULL },
+      "address to listen on: host:port, [ipv6]:port, :port or a bare port (all interfaces)", NULL,
+      NULL },
     { "workers", T_WORKERS, FIELD(workers, int), "1", 1, 256, NULL, 0,
       "worker processes: 1..256, or auto for one per online CPU", NULL, NULL },
     K_INT(backlog, "511", 1, 65535, "listen(2) backlog"),

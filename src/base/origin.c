@@ -33,7 +33,8 @@ int cl_origin_normalize(const char *s, size_t n, char out[CL_ORIGIN_MAX + 1], co
     } else if (memmem(s, n, "://", 3)) {
         return *why = "the scheme must be http or https", -1;
     } else {
-        return *why = "no scheme: write it as scheme://host[:port], e.g. https://app.example.com", -1;
+        return *why = "no scheme: write it as scheme://host[:port], e.g. https://app.example.com",
+               -1;
     }
     size_t o = 0;
     for (size_t i = 0; i < skip; i++)
@@ -67,7 +68,8 @@ int cl_origin_normalize(const char *s, size_t n, char out[CL_ORIGIN_MAX + 1], co
         size_t digits = 0;
         for (i++; i < n && isdigit((unsigned char)s[i]) && digits < 6; i++, digits++)
             port = port * 10 + (unsigned)(s[i] - '0');
-        if (digits == 0 || digits > 5 || port < 1 || port > 65535 || (i < n && isdigit((unsigned char)s[i])))
+        if (digits == 0 || digits > 5 || port < 1 || port > 65535 ||
+            (i < n && isdigit((unsigned char)s[i])))
             return *why = "the port must be a number 1..65535", -1;
         /* browsers leave the scheme's default port out of Origin */
         if (port != default_port)
@@ -85,7 +87,8 @@ int cl_origin_normalize(const char *s, size_t n, char out[CL_ORIGIN_MAX + 1], co
         case '*':
             return *why = "wildcards are not supported: list each origin, or * alone for any", -1;
         default:
-            return *why = "unexpected character after the host (an origin is scheme://host[:port])", -1;
+            return *why = "unexpected character after the host (an origin is scheme://host[:port])",
+                   -1;
         }
     }
     out[o] = '\0';
