@@ -13,8 +13,8 @@
  * seconds, and are stored in milliseconds. Sizes are written "16KiB", "10MiB",
  * "1GiB", "512KB" (KB=1000) or a bare integer meaning bytes.
  *
- * Keys whose feature has not landed yet (tls_cert, tls_key, retrieval_timeout,
- * cors_origins) are known but refuse any value other
+ * Keys whose feature has not landed yet (tls_cert, tls_key, retrieval_timeout)
+ * are known but refuse any value other
  * than their inactive default, naming the key: nothing is accepted and
  * ignored (cl_config_key_not_yet).
  *
@@ -102,7 +102,8 @@ typedef struct cl_config {
     int rate_limit_per_minute;       /* chat turns per user (0 off) */
     int auth_rate_limit_per_minute;  /* register/login per client address (0 off) */
     int max_turns_per_user;          /* concurrent turns per user (0 off) */
-    char *cors_origins;             /* comma-separated allowlist, "" = none, "*" = any */
+    char *cors_origins;             /* comma-separated allowlist, "" = none, "*" = any;
+                                     * syntax checked by cl_origin_list_check when set */
 
     /* logging */
     cl_log_level log_level;

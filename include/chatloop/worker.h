@@ -74,6 +74,7 @@ typedef struct cl_worker {
     uint64_t nconns;
     uint64_t buffered;          /* bytes held for clients, all connections (max_buffered_bytes) */
     cl_router *router;          /* the program's routes (built by its hooks; read by http1.c) */
+    struct cl_cors *cors;       /* cors_origins, compiled (read by http1.c and the ws upgrade) */
     const cl_worker_hooks *hooks;
     void *app;                  /* the program's per-worker state (hooks) */
     cl_metrics_slot *metrics;   /* this worker's slot in shared memory */

@@ -199,8 +199,8 @@ static int start_stream(relay *rl)
     if (rl->started)
         return 0;
     rl->started = 1;
-    return cl_res_start(rl->req, 200, "text/event-stream",
-                        "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
+    /* Cache-Control: no-store comes with every API answer (http1.c) */
+    return cl_res_start(rl->req, 200, "text/event-stream", "X-Accel-Buffering: no\r\n");
 }
 
 /* An upstream event whose data spanned several `data:` lines arrives joined

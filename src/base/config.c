@@ -15,6 +15,7 @@
  */
 #include "chatloop/config.h"
 #include "chatloop/conninfo.h"
+#include "chatloop/origin.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -49,6 +50,8 @@ typedef struct {
     int secret;                 /* 1: the whole value; SECRET_URL: its password part */
     const char *doc;
     const char *not_yet;        /* non-NULL: not supported yet, and why (see the top) */
+    /* T_STR only: checks the value's syntax; 0, or -1 with why filled */
+    int (*check)(const char *value, char *why, size_t whylen);
 } key_desc;
 
 #define SECRET_URL 2
@@ -60,21 +63,23 @@ typedef struct {
  */
 #define FIELD(f, T) (offsetof(cl_config, f) + 0 * sizeof(&((cl_config *)0)->f == (T *)0))
 
-#define K_STR(n, d, doc) { #n, T_STR, FIELD(n, char *), d, 0, 0, NULL, 0, doc, NULL }
-#define K_SECRET(n, doc) { #n, T_STR, FIELD(n, char *), "", 0, 0, NULL, 1, doc, NULL }
-#define K_CHOICE(n, d, ch, doc) { #n, T_STR, FIELD(n, char *), d, 0, 0, ch, 0, doc, NULL }
-#define K_INT(n, d, lo, hi, doc) { #n, T_INT, FIELD(n, int), d, lo, hi, NULL, 0, doc, NULL }
-#define K_DBL(n, d, lo, hi, doc) { #n, T_DOUBLE, FIELD(n, double), d, lo, hi, NULL, 0, doc, NULL }
+#define K_STR(n, d, doc) { #n, T_STR, FIELD(n, char *), d, 0, 0, NULL, 0, doc, NULL, NULL }
+#define K_SECRET(n, doc) { #n, T_STR, FIELD(n, char *), "", 0, 0, NULL, 1, doc, NULL, NULL }
+#define K_CHOICE(n, d, ch, doc) { #n, T_STR, FIELD(n, char *), d, 0, 0, ch, 0, doc, NULL, NULL }
+#define K_INT(n, d, lo, hi, doc) { #n, T_INT, FIELD(n, int), d, lo, hi, NULL, 0, doc, NULL, NULL }
+#define K_DBL(n, d, lo, hi, doc) { #n, T_DOUBLE, FIELD(n, double), d, lo, hi, NULL, 0, doc, NULL, NULL }
 /* Durations are named without the unit; the field carries it. */
-#define K_DUR(n, d, doc) { #n, T_DUR, FIELD(n##_ms, uint64_t), d, 0, 0, NULL, 0, doc, NULL }
-#define K_SIZE(n, d, lo, hi, doc) { #n, T_SIZE, FIELD(n, uint64_t), d, lo, hi, NULL, 0, doc, NULL }
-#define K_ENUM(n, ET, d, ch, doc) { #n, T_ENUM, FIELD(n, ET), d, 0, 0, ch, 0, doc, NULL }
-#define K_BOOL(n, d, doc) { #n, T_BOOL, FIELD(n, int), d, 0, 0, NULL, 0, doc, NULL }
+#define K_DUR(n, d, doc) { #n, T_DUR, FIELD(n##_ms, uint64_t), d, 0, 0, NULL, 0, doc, NULL, NULL }
+#define K_SIZE(n, d, lo, hi, doc) { #n, T_SIZE, FIELD(n, uint64_t), d, lo, hi, NULL, 0, doc, NULL, NULL }
+#define K_ENUM(n, ET, d, ch, doc) { #n, T_ENUM, FIELD(n, ET), d, 0, 0, ch, 0, doc, NULL, NULL }
+#define K_BOOL(n, d, doc) { #n, T_BOOL, FIELD(n, int), d, 0, 0, NULL, 0, doc, NULL, NULL }
+/* A string whose syntax `chk` checks when it is set. */
+#define K_STR_CHECKED(n, d, chk, doc) { #n, T_STR, FIELD(n, char *), d, 0, 0, NULL, 0, doc, NULL, chk }
 /* The same rows for keys not supported yet, with the reason. */
-#define K_STR_NOT_YET(n, d, doc, why) { #n, T_STR, FIELD(n, char *), d, 0, 0, NULL, 0, doc, why }
+#define K_STR_NOT_YET(n, d, doc, why) { #n, T_STR, FIELD(n, char *), d, 0, 0, NULL, 0, doc, why, NULL }
 #define K_INT_NOT_YET(n, d, lo, hi, doc, why) \
-    { #n, T_INT, FIELD(n, int), d, lo, hi, NULL, 0, doc, why }
-#define K_DUR_NOT_YET(n, d, doc, why) { #n, T_DUR, FIELD(n##_ms, uint64_t), d, 0, 0, NULL, 0, doc, why }
+    { #n, T_INT, FIELD(n, int), d, lo, hi, NULL, 0, doc, why, NULL }
+#define K_DUR_NOT_YET(n, d, doc, why) { #n, T_DUR, FIELD(n##_ms, uint64_t), d, 0, 0, NULL, 0, doc, why, NULL }
 
 #define KIB 1024.0
 #define MIB (1024.0 * 1024.0)
@@ -90,9 +95,10 @@ static const char *const effort_choices[] = { "", "low", "medium", "high", "none
 static const key_desc keys[] = {
     /* listener */
     { "listen", T_LISTEN, FIELD(listen, char *), "127.0.0.1:8080", 0, 0, NULL, 0,
-      "address to listen on: host:port, [ipv6]:port, :port or a bare port (all interfaces)", NULL },
+      "address to listen on: host:port, [ipv6]:port, :port or a bare port (all interfaces)", NULL,
+      NULL },
     { "workers", T_WORKERS, FIELD(workers, int), "1", 1, 256, NULL, 0,
-      "worker processes: 1..256, or auto for one per online CPU", NULL },
+      "worker processes: 1..256, or auto for one per online CPU", NULL, NULL },
     K_INT(backlog, "511", 1, 65535, "listen(2) backlog"),
     K_INT(max_connections, "100000", 1, 10000000,
           "open connections per worker; above it new connections are closed at once"),
@@ -103,7 +109,7 @@ static const key_desc keys[] = {
 
     /* database */
     { "database_url", T_STR, FIELD(database_url, char *), "", 0, 0, NULL, SECRET_URL,
-      "PostgreSQL connection URL (also read from DATABASE_URL)", NULL },
+      "PostgreSQL connection URL (also read from DATABASE_URL)", NULL, NULL },
     K_INT(db_pool_size, "4", 1, 64, "database connections per worker"),
     K_INT(db_write_queue, "10000", 1, 10000000,
           "writes held per worker while the database is down; past it a turn fails"),
@@ -174,8 +180,9 @@ static const key_desc keys[] = {
           "register and login attempts per minute per client address; 0 is off"),
     K_INT(max_turns_per_user, "8", 0, 100000,
           "chat turns one user may run at once, every transport and instance; 0 is off"),
-    K_STR_NOT_YET(cors_origins, "", "comma-separated allowed origins; empty is none, * is any",
-                  "CORS arrives in a later release"),
+    K_STR_CHECKED(cors_origins, "", cl_origin_list_check,
+                  "browser origins allowed (CORS, /ws/chat): comma-separated scheme://host[:port]; "
+                  "empty is none, * alone is any"),
 
     /* logging */
     K_ENUM(log_level, cl_log_level, "info", level_choices, "debug, info, warn or error"),
@@ -485,6 +492,9 @@ static int store_value(cl_config *cfg, const key_desc *k, const char *value, con
             }
             store = k->choices[i];
         }
+        char why[CL_ERRBUF / 2];
+        if (k->check && k->check(value, why, sizeof why) != 0)
+            return bad_value(err, source, k, value, "%s", why);
         if (replace_str(p, store) != 0)
             return bad_value(err, source, k, value, "out of memory");
         return 0;

@@ -85,8 +85,8 @@ static void sink_start(void *ud, const char *conversation_id, const char *messag
     cl_req_clear_deadline(x->req);
     if (!x->stream)
         return;
-    if (cl_res_start(x->req, 200, "text/event-stream",
-                     "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") != 0)
+    /* Cache-Control: no-store comes with every API answer (http1.c) */
+    if (cl_res_start(x->req, 200, "text/event-stream", "X-Accel-Buffering: no\r\n") != 0)
         return; /* the client is gone; on_abort cancels the turn */
     x->started = 1;
     char data[160];

@@ -13,6 +13,7 @@
  */
 #include "chatloop/http.h"
 #include "chatloop/api.h"
+#include "chatloop/cors.h"
 #include "chatloop/jsonw.h"
 #include "chatloop/log.h"
 #include "chatloop/router.h"
@@ -545,8 +546,29 @@ static cl_buf *scratch(void)
     return &b;
 }
 
+/* On every answer: no MIME sniffing, no Referer leaving the page, never in
+ * a frame. One literal, appended as it is: this runs for every response. */
+#define SECURITY_HEADERS                                                                          \
+    "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nX-Frame-Options: DENY\r\n"
+/* API answers carry user data: no cache (browser or proxy) keeps them. */
+#define NO_STORE "Cache-Control: no-store\r\n"
+/* An HTML page without a policy of its own still may not be framed. */
+#define HTML_CSP "Content-Security-Policy: frame-ancestors 'none'\r\n"
+
+/* /api/... and /v1/...: the native and the OpenAI-compatible API. */
+static int is_api_path(const cl_req *r)
+{
+    const char *p = r->head.data;
+    size_t n = r->path_len;
+    return (n >= 4 && memcmp(p, "/api", 4) == 0 && (n == 4 || p[4] == '/')) ||
+           (n >= 3 && memcmp(p, "/v1", 3) == 0 && (n == 3 || p[3] == '/'));
+}
+
 /* Writes the status line and common headers into b. len < 0: no
- * Content-Length (streaming). */
+ * Content-Length (streaming). The headers every response needs (security,
+ * caching of API answers, CORS) are written here and nowhere else, so no
+ * route can forget them; a route's `extra` may carry its own
+ * Cache-Control or Content-Security-Policy instead of the default. */
 static void build_head(cl_req *r, cl_buf *b, int status, const char *content_type,
                        const char *extra, long long len, int chunked)
 {
@@ -565,6 +587,8 @@ static void build_head(cl_req *r, cl_buf *b, int status, const char *content_typ
         cl_buf_append_str(b, content_type);
         cl_buf_append_str(b, "\r\n");
     }
+    if (status == 204)
+        len = -1; /* RFC 9110 §8.6: a 204 carries no Content-Length */
     if (len >= 0) {
         cl_buf_append_str(b, "Content-Length: ");
         cl_buf_append_u64(b, (unsigned long long)len);
@@ -581,7 +605,13 @@ static void build_head(cl_req *r, cl_buf *b, int status, const char *content_typ
         cl_buf_append_str(b, r->request_id);
         cl_buf_append_str(b, "\r\n");
     }
-    cl_buf_append_str(b, "X-Content-Type-Options: nosniff\r\n");
+    cl_buf_append(b, SECURITY_HEADERS, sizeof SECURITY_HEADERS - 1);
+    if (is_api_path(r) && !(extra && strstr(extra, "Cache-Control:")))
+        cl_buf_append(b, NO_STORE, sizeof NO_STORE - 1);
+    if (content_type && strncmp(content_type, "text/html", 9) == 0 &&
+        !(extra && strstr(extra, "Content-Security-Policy:")))
+        cl_buf_append(b, HTML_CSP, sizeof HTML_CSP - 1);
+    cl_cors_head(c->w->cors, r, b);
     if (extra)
         cl_buf_append_str(b, extra);
     cl_buf_append_str(b, "\r\n");
@@ -874,6 +904,12 @@ static void dispatch(cl_req *r)
         r->keep_alive = 0;
     const char *method = llhttp_method_name(r->method);
     r->head_only = r->method == HTTP_HEAD;
+    if (cl_cors_is_preflight(r)) {
+        /* before routing and its guards: a preflight never carries
+         * credentials, and answering it says nothing about a route */
+        cl_cors_preflight(c->w->cors, r);
+        return;
+    }
     cl_route_match m;
     cl_route_result res = cl_router_match(c->w->router, method, r->head.data, r->path_len, &m);
     if (res == CL_ROUTE_FOUND) {

@@ -6,7 +6,9 @@
  * knows whether to show the login form without a failing probe: the file
  * says data-auth="required" and a second copy saying "off" is made at
  * registration; each request picks the one matching its worker's config.
- * ETags are a hash of the bytes served; If-None-Match answers 304. */
+ * ETags are a hash of the bytes served; If-None-Match answers 304.
+ * X-Frame-Options and the other headers of every answer come from the
+ * response-head writer (http1.c). */
 #include "chatloop/api.h"
 #include "chatloop/assets.h"
 #include "chatloop/routes.h"
@@ -76,9 +78,7 @@ static void make_variant(variant *v, const unsigned char *data, size_t len)
     snprintf(v->headers, sizeof v->headers,
              "ETag: %s\r\n"
              "Cache-Control: no-cache\r\n"
-             "Content-Security-Policy: " CL_CSP "\r\n"
-             "X-Frame-Options: DENY\r\n"
-             "Referrer-Policy: no-referrer\r\n",
+             "Content-Security-Policy: " CL_CSP "\r\n",
              etag);
 }
 

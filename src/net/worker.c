@@ -4,6 +4,7 @@
  */
 #include "chatloop/worker.h"
 #include "chatloop/conn.h"
+#include "chatloop/cors.h"
 #include "chatloop/log.h"
 
 #include <errno.h>
@@ -222,6 +223,11 @@ int cl_worker_run(const cl_config *cfg, int id, cl_metrics_slot *metrics,
         CL_ERROR("cannot build the route table");
         goto out;
     }
+    w->cors = cl_cors_new(cfg->cors_origins ? cfg->cors_origins : "");
+    if (!w->cors) {
+        CL_ERROR("cannot build the cors_origins policy");
+        goto out;
+    }
     if (hooks->on_start && hooks->on_start(w) != 0) {
         CL_ERROR("worker %d: cannot start its services", id);
         goto out;
@@ -274,6 +280,7 @@ out:
         CL_WARN("worker %d: handles left open at exit", id);
     if (w->router && hooks->free_routes)
         hooks->free_routes(w->router);
+    cl_cors_free(w->cors);
     g_current = NULL;
     free(w);
     cl_log_flush();

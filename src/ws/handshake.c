@@ -8,6 +8,8 @@
 #include "ws_internal.h"
 
 #include "chatloop/api.h"
+#include "chatloop/cors.h"
+#include "chatloop/worker.h"
 
 #include <mbedtls/base64.h>
 #include <mbedtls/sha1.h>
@@ -126,6 +128,22 @@ int cl_ws__check_handshake(cl_req *r, char accept[CL_WS_ACCEPT_LEN + 1])
         mbedtls_base64_decode(raw, sizeof raw, &rawlen, (const unsigned char *)key, len) != 0 ||
         rawlen != 16)
         return refuse(r, "header Sec-WebSocket-Key must be 16 bytes in base64");
+    if (!cl_cors_ws_origin_ok(r->conn->w->cors, r)) {
+        /* Cross-site WebSocket hijacking: CORS does not apply to an
+         * upgrade, so any page a browser shows could open this socket
+         * (with auth = off, and spend the operator's upstream key). A
+         * browser always says which page asks; clients that are not
+         * browsers send no Origin and pass. */
+        size_t ol = 0;
+        const char *o = header_trimmed(r, "origin", &ol);
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "Origin %.*s may not open a WebSocket here: it is not this server's own origin "
+                 "and cors_origins does not list it",
+                 (int)(ol > 100 ? 100 : ol), o ? o : "");
+        cl_api_error(r, CL_ERR_FORBIDDEN, msg, NULL, NULL);
+        return -1;
+    }
     if (cl_ws__accept_key(key, len, accept) != 0) {
         cl_api_error(r, CL_ERR_PROCESSING_ERROR, "could not compute Sec-WebSocket-Accept", NULL,
                      NULL);

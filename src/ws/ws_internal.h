@@ -24,7 +24,8 @@ int cl_ws__accept_key(const char *key, size_t len, char out[CL_WS_ACCEPT_LEN + 1
  * Checks an upgrade request against RFC 6455 §4.2.1. On success fills
  * `accept` and returns 0; otherwise answers the request (400 naming the
  * header at fault, 426 with `Sec-WebSocket-Version: 13` for another
- * version), which ends it, and returns -1.
+ * version, 403 for an Origin that cl_cors_ws_origin_ok refuses), which
+ * ends it, and returns -1.
  */
 int cl_ws__check_handshake(cl_req *r, char accept[CL_WS_ACCEPT_LEN + 1]);
 

@@ -96,7 +96,7 @@ test('streaming turn (stream: true, or Accept: text/event-stream): start, tokens
     const s = await streamTurn(srv.port, turnPath(c.id), body, { token: u.token, headers });
     assert.equal(s.status, 200, `${how}: ${s.raw}`);
     assert.match(s.headers['content-type'], /^text\/event-stream/, how);
-    assert.equal(s.headers['cache-control'], 'no-cache');
+    assert.equal(s.headers['cache-control'], 'no-store'); // user data: every API answer is no-store
     const kinds = s.events.map((e) => e.event);
     assert.deepEqual(kinds, ['start', ...Array(N).fill('token'), 'done'], `${how}: ${s.raw.slice(0, 300)}`);
     assertKeys(assert, s.start, ['conversation_id', 'message_id'], 's.start');

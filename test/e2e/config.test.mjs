@@ -162,16 +162,39 @@ test('a key whose feature has not landed (tls_cert, ...) refuses to start, namin
   assert.notEqual(f.code, 0);
   assert.ok(f.stderr.includes(`${p}:2: retrieval_timeout is not supported yet`), f.stderr);
   await refused(['--retrieval-timeout', '5s'], 'retrieval_timeout is not supported yet');
-  const e = await runCli(['--config', empty, '--check-config'], { env: { ...cleanEnv, CHATLOOP_CORS_ORIGINS: '*' } });
+  const e = await runCli(['--config', empty, '--check-config'], { env: { ...cleanEnv, CHATLOOP_RETRIEVAL_TIMEOUT: '5s' } });
   assert.notEqual(e.code, 0);
-  assert.match(e.stderr, /CHATLOOP_CORS_ORIGINS: cors_origins is not supported yet/);
+  assert.match(e.stderr, /CHATLOOP_RETRIEVAL_TIMEOUT: retrieval_timeout is not supported yet/);
 
   // the inactive defaults, in any spelling, are fine; --check-config marks the keys
   const ok = await runCli(['--config', empty, '--check-config', '--tls-cert', '', '--retrieval-timeout', '10000ms'],
     { env: cleanEnv });
   assert.equal(ok.code, 0, ok.stderr);
-  for (const key of ['tls_cert', 'tls_key', 'retrieval_timeout', 'cors_origins'])
+  for (const key of ['tls_cert', 'tls_key', 'retrieval_timeout'])
     assert.match(ok.stdout, new RegExp(`^${key} = .*# not supported yet: `, 'm'));
+});
+
+test('cors_origins: a malformed entry refuses to start, naming the entry and what is wrong; good lists and * are accepted', async () => {
+  await refused(['--cors-origins', 'https://app.example.com/'],
+    '--cors-origins: cors_origins = "https://app.example.com/": entry "https://app.example.com/": an origin has no path, not even a trailing slash');
+  await refused(['--cors-origins', 'https://a.example, app.example.com'], 'entry "app.example.com": no scheme');
+  await refused(['--cors-origins', 'https://a.example,,https://b.example'], 'entry 2 is empty');
+  await refused(['--cors-origins', '*, https://a.example'], '* means any origin and cannot be combined with a list');
+  await refused(['--cors-origins', 'https://*.example.com'], 'wildcards are not supported');
+  await refused(['--cors-origins', 'https://a.example:70000'], 'the port must be a number 1..65535');
+  const f = conf('cors.conf', 'cors_origins = "ws://a.example"\n');
+  const r = await runCli(['--config', f, '--check-config'], { env: cleanEnv });
+  assert.notEqual(r.code, 0);
+  assert.ok(r.stderr.includes(`${f}:1: cors_origins = "ws://a.example": entry "ws://a.example": the scheme must be http or https`), r.stderr);
+
+  for (const v of ['*', 'https://app.example.com, http://localhost:5173', 'http://[::1]:8080']) {
+    const ok = await runCli(['--config', empty, '--check-config', '--cors-origins', v], { env: cleanEnv });
+    assert.equal(ok.code, 0, `${v}: ${ok.stderr}`);
+    assert.ok(ok.stdout.includes(`\ncors_origins = ${v}\n`), ok.stdout);
+  }
+  const env = await runCli(['--config', empty, '--check-config'], { env: { ...cleanEnv, CHATLOOP_CORS_ORIGINS: 'https://a.example/' } });
+  assert.notEqual(env.code, 0);
+  assert.match(env.stderr, /CHATLOOP_CORS_ORIGINS: cors_origins = "https:\/\/a.example\/": entry/);
 });
 
 test('conf/chatloop.conf (what make run reads) loads as it is', async () => {

@@ -1,6 +1,7 @@
 /* test_config.c — the key table, the value parsers, file/env sources, dump. */
 #include "chatloop/config.h"
 #include "chatloop/conninfo.h"
+#include "chatloop/origin.h"
 #include "test.h"
 
 #include <unistd.h>
@@ -615,11 +616,11 @@ static void test_conf_file_matches_table(void) {
 static void test_not_yet(void) {
     static const char *const refused[][2] = {
         { "tls_cert", "/etc/cert.pem" }, { "tls_key", "/etc/key.pem" },
-        { "cors_origins", "*" }, { "rate_limit_per_minute", "60" },
+        { "rate_limit_per_minute", "60" },
         { "retrieval_timeout", "5s" },
     };
     static const char *const accepted[][2] = {
-        { "tls_cert", "" }, { "tls_key", "" }, { "cors_origins", "" },
+        { "tls_cert", "" }, { "tls_key", "" },
         { "rate_limit_per_minute", "0" }, { "retrieval_timeout", "10000ms" },
         { "retrieval_timeout", "10" },
     };
@@ -642,9 +643,9 @@ static void test_not_yet(void) {
     CHECK_EQ_INT(cl_config_set(&c, "rate_limit_per_minute", "lots", "x", err), -1);
     CHECK_CONTAINS(err, "expected an integer");
 
-    char *env[] = { "CHATLOOP_CORS_ORIGINS=https://a.example", NULL };
+    char *env[] = { "CHATLOOP_RETRIEVAL_TIMEOUT=5s", NULL };
     CHECK_EQ_INT(cl_config_apply_env(&c, env, err), -1);
-    CHECK_CONTAINS(err, "CHATLOOP_CORS_ORIGINS: cors_origins is not supported yet (CORS");
+    CHECK_CONTAINS(err, "CHATLOOP_RETRIEVAL_TIMEOUT: retrieval_timeout is not supported yet (");
     char *path = write_temp("workers = 1\nrate_limit_per_minute = 120\n");
     CHECK_EQ_INT(cl_config_load_file(&c, path, 1, err), -1);
     CHECK_CONTAINS(err, ":2: rate_limit_per_minute is not supported yet (rate limits");
@@ -661,7 +662,53 @@ static void test_not_yet(void) {
     size_t marked = 0;
     for (size_t i = 0; i < cl_config_key_count(); i++)
         marked += cl_config_key_not_yet(i) != NULL;
-    CHECK_EQ_INT(marked, 5);
+    CHECK_EQ_INT(marked, 4);
+    cl_config_free(&c);
+}
+
+/* cors_origins: the forms a browser can send are accepted and stored as
+ * written; anything that could never match an Origin header is refused,
+ * naming the entry and why. */
+static void test_cors_origins(void) {
+    static const char *const good[] = {
+        "", "*", " * ", "https://app.example.com", "http://localhost:5173",
+        "https://a.example, http://127.0.0.1:8080", "HTTPS://App.Example.COM:443",
+        "http://[::1]:3000",
+    };
+    static const char *const bad[][2] = {
+        { "app.example.com", "no scheme" },
+        { "https://app.example.com/", "no path, not even a trailing slash" },
+        { "https://a.example,,https://b.example", "entry 2 is empty" },
+        { "https://a.example,", "entry 2 is empty" },
+        { "*, https://a.example", "cannot be combined" },
+        { "https://*.example.com", "wildcards are not supported" },
+        { "ftp://a.example", "http or https" },
+        { "https://a.example:0", "port must be a number 1..65535" },
+        { "https://a.example:99999", "port must be a number 1..65535" },
+        { "https://user@a.example", "no user info" },
+        { "https://a.example?x=1", "no query" },
+        { "https://", "no host" },
+    };
+    cl_config c;
+    cl_config_init(&c, err);
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        CHECK_EQ_INT(cl_config_set(&c, "cors_origins", good[i], "--cors-origins", err), 0);
+        CHECK_EQ_STR(c.cors_origins, good[i]);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ_INT(cl_config_set(&c, "cors_origins", bad[i][0], "--cors-origins", err), -1);
+        CHECK_CONTAINS(err, "--cors-origins: cors_origins = \"");
+        CHECK_CONTAINS(err, bad[i][1]);
+    }
+
+    char out[CL_ORIGIN_MAX + 1];
+    const char *why;
+    CHECK_EQ_INT(cl_origin_normalize("HTTPS://App.Example.COM:443", 27, out, &why), 23);
+    CHECK_EQ_STR(out, "https://app.example.com");
+    CHECK_EQ_INT(cl_origin_normalize("http://a:8080", 13, out, &why), 13);
+    CHECK_EQ_STR(out, "http://a:8080");
+    CHECK_EQ_INT(cl_origin_normalize("http://[::1]:80", 15, out, &why), 12);
+    CHECK_EQ_STR(out, "http://[::1]");
     cl_config_free(&c);
 }
 
@@ -688,4 +735,5 @@ static void test_database_url_redacted(void)
 CL_TEST_MAIN(test_database_url_redacted, test_defaults, test_key_table, test_free_zeroed, test_durations, test_sizes,
              test_numbers, test_enums_and_bools, test_listen, test_workers,
              test_key_spelling_and_unknown, test_file, test_file_errors, test_env, test_secrets,
-             test_dump_roundtrip, test_validate, test_conf_file_matches_table, test_not_yet)
+             test_dump_roundtrip, test_validate, test_conf_file_matches_table, test_not_yet,
+             test_cors_origins)

@@ -267,6 +267,7 @@ export function request(port, { method = 'GET', path: p = '/', headers = {}, bod
         resolve({
           status: res.statusCode,
           headers: res.headers,
+          rawHeaders: res.rawHeaders, // names as sent, duplicates apart
           body: buf,
           text: buf.toString('utf8'),
           json() {
