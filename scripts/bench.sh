@@ -19,6 +19,9 @@
 # BENCH_ONLY="1 4" runs only those scenarios; BENCH_CHATLOOP and BENCH_CONF
 # measure another chatloop binary with its own config file (an A/B run
 # against an older build, with this checkout's chatbench and mocks).
+# BENCH_LIMITS: the rate-limit flags (default: limits on but never reached,
+# so every turn pays for the check; "--rate-limit-per-minute 0
+# --max-turns-per-user 0" measures without; "" for a binary that predates them).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
@@ -45,6 +48,7 @@ CB=./build/chatbench
 CHATLOOP=${BENCH_CHATLOOP:-./build/chatloop}
 CONF=${BENCH_CONF:-conf/chatloop.conf}
 ONLY=${BENCH_ONLY:-1 2 3 4}
+LIMITS=${BENCH_LIMITS---rate-limit-per-minute 1000000 --max-turns-per-user 100000 --auth-rate-limit-per-minute 0}
 want() { case " $ONLY " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # ---- PostgreSQL, two mocks ---------------------------------------------------------
@@ -75,7 +79,7 @@ start_chatloop() { # MOCKPORT WORKERS
   GROQ_API_KEY=gsk_fake_bench DATABASE_URL="$dburl" "$CHATLOOP" --config "$CONF" \
     --listen "127.0.0.1:$cport" --workers "$2" --base-url "http://127.0.0.1:$1/v1" --auth off \
     --access-log off --log-level warn --max-connections 200000 --backlog 4096 \
-    --db-pool-size 8 2>>"$tmp/chatloop.log" &
+    --db-pool-size 8 $LIMITS 2>>"$tmp/chatloop.log" &
   sup=$!
   wait_http "$cport" /health
   sleep 0.3

@@ -1,0 +1,224 @@
+// Rate limits as SPEC §8 promises them, kept in PostgreSQL: a token bucket
+// of rate_limit_per_minute chat turns per user shared by every transport
+// (REST, SSE, WebSocket, the OpenAI-compatible routes) and by every instance
+// on the database; max_turns_per_user running at once; and
+// auth_rate_limit_per_minute sign-ins per client address. Each refusal is a
+// 429 in its protocol's own shape with the seconds to wait, stores nothing,
+// and is counted in /metrics.
+import assert from 'node:assert/strict';
+import { after, before } from 'node:test';
+import OpenAI from 'openai';
+import { makeTest, metrics, sleep } from './lib/server.mjs';
+import { startMock } from './lib/mock.mjs';
+import { checkOkEnvelope, stopAll } from './lib/llm.mjs';
+import { startPg } from './lib/pg.mjs';
+import { api, eventually, newUser, openStream, startChatServer, streamTurn, uniqueEmail } from './lib/chat.mjs';
+import { connect, newSid } from './lib/ws.mjs';
+
+let pg, fast, slow;
+const servers = [];
+const test = makeTest(() => servers);
+
+before(async () => {
+  pg = await startPg();
+  fast = await startMock({ mockTokens: 3, mockTokenInterval: 0, mockFirstToken: 0 });
+  slow = await startMock({ mockTokens: 40, mockTokenInterval: 100, mockFirstToken: 0 });
+});
+after(async () => {
+  try {
+    await stopAll(...servers, fast, slow);
+  } finally {
+    if (pg) await pg.stop();
+  }
+});
+
+async function server(mock, opts) {
+  const s = await startChatServer(mock, pg, opts);
+  servers.push(s);
+  return s;
+}
+async function stop(s) {
+  await stopAll(s);
+  servers.splice(servers.indexOf(s), 1);
+}
+
+const chat = (s, u, extra = {}) =>
+  api(s.port, 'POST', '/api/v1/chat', { token: u.token, body: { session_id: newSid('rl'), message: 'hi', ...extra } });
+const openai = (s, u) => new OpenAI({ apiKey: u.token, baseURL: `http://127.0.0.1:${s.port}/v1`, maxRetries: 0, timeout: 10000 });
+const completion = (s, u) =>
+  openai(s, u).chat.completions.create({ model: 'llama-3.3-70b-versatile', messages: [{ role: 'user', content: 'hi' }] });
+const limited = async (s, kind) => (await metrics(s.port))[`chatloop_rate_limited_total{kind="${kind}"}`];
+
+function check429(r, kind, limit) {
+  assert.equal(r.status, 429, r.text);
+  assert.equal(r.j.success, false);
+  assert.equal(r.j.error.code, 'RATE_LIMITED');
+  assert.equal(r.j.error.details.kind, kind);
+  assert.equal(r.j.error.details.limit, limit);
+  const ra = Number(r.headers['retry-after']);
+  assert.ok(Number.isInteger(ra) && ra >= 1, `Retry-After ${r.headers['retry-after']}`);
+  assert.equal(r.j.error.details.retry_after, ra);
+  return ra;
+}
+
+async function messagesOf(userId) {
+  return (await pg.query('SELECT count(*)::int AS n FROM messages WHERE user_id = $1', [userId])).rows[0].n;
+}
+
+test('rate_limit_per_minute is one bucket for every transport: REST, SSE, WebSocket and the openai client; the next is 429 in each shape', async () => {
+  const s = await server(fast, { rateLimitPerMinute: 4 });
+  const u = await newUser(s.port);
+  checkOkEnvelope(assert, await chat(s, u));
+  const sse = await streamTurn(s.port, '/api/v1/chat', { session_id: newSid('sse'), message: 'hi' }, { token: u.token });
+  assert.ok(sse.done, sse.raw);
+  const ws = await connect(s.port, { token: u.token });
+  try {
+    const a = newSid('ws');
+    ws.ws.send(JSON.stringify({ type: 'query', session_id: a, question: 'hi' }));
+    await ws.waitFor((h) => h.of(a).find((m) => m.type === 'complete'), 10000, 'complete');
+    const c = await completion(s, u);
+    assert.ok(c.choices[0].message.content.length > 0);
+    const stored = await messagesOf(u.userId);
+    const before = await limited(s, 'turn_rate');
+
+    // the bucket is empty: every transport refuses, in its own shape
+    const rest = await chat(s, u);
+    const ra = check429(rest, 'turn_rate', 4);
+    assert.ok(ra <= 15, `one turn refills in 15 s: ${ra}`);
+    assert.match(rest.j.message, /4 chat turns per minute/);
+    const sse2 = await streamTurn(s.port, '/api/v1/chat', { session_id: newSid('sse'), message: 'hi' }, { token: u.token });
+    assert.equal(sse2.status, 429, sse2.raw);
+    assert.equal(JSON.parse(sse2.raw).error.code, 'RATE_LIMITED');
+    const b = newSid('ws');
+    ws.ws.send(JSON.stringify({ type: 'query', session_id: b, question: 'hi' }));
+    const e = await ws.waitFor((h) => h.of(b).find((m) => m.type === 'error'), 10000, 'the refusal');
+    assert.equal(e.error.code, 'RATE_LIMITED');
+    assert.ok(Number.isInteger(e.retry_after) && e.retry_after >= 1, JSON.stringify(e));
+    assert.equal(e.error.details.kind, 'turn_rate');
+    await assert.rejects(completion(s, u), (err) => {
+      assert.ok(err instanceof OpenAI.RateLimitError, `${err.constructor.name}: ${err.message}`);
+      assert.equal(err.status, 429);
+      assert.equal(err.error?.type, 'rate_limit_exceeded');
+      assert.ok(Number(err.headers?.get?.('retry-after') ?? err.headers?.['retry-after']) >= 1);
+      return true;
+    });
+    assert.equal(await messagesOf(u.userId), stored, 'a refused turn stores nothing');
+    assert.equal(await limited(s, 'turn_rate'), before + 4, 'each refusal counted');
+  } finally {
+    ws.ws.terminate();
+  }
+  // another user has a bucket of their own
+  checkOkEnvelope(assert, await chat(s, await newUser(s.port)));
+  await stop(s);
+});
+
+test('the bucket refills evenly: after Retry-After seconds one more turn goes through', async () => {
+  const s = await server(fast, { rateLimitPerMinute: 30 }); // one turn per 2 s
+  const u = await newUser(s.port);
+  for (let i = 0; i < 30; i++) checkOkEnvelope(assert, await chat(s, u));
+  const r = await chat(s, u);
+  const ra = check429(r, 'turn_rate', 30);
+  assert.ok(ra <= 2, `Retry-After ${ra}`);
+  await sleep(ra * 1000 + 100);
+  checkOkEnvelope(assert, await chat(s, u));
+  check429(await chat(s, u), 'turn_rate', 30);
+  await stop(s);
+});
+
+test('two instances on one database allow rate_limit_per_minute in total, not twice that', async () => {
+  const a = await server(fast, { rateLimitPerMinute: 6, workers: 2 });
+  const b = await server(fast, { rateLimitPerMinute: 6, workers: 2 });
+  const u = await newUser(a.port);
+  let ok = 0, refused = 0;
+  for (let i = 0; i < 16; i++) {
+    const r = await chat(i % 2 ? b : a, u);
+    if (r.status === 200) ok++;
+    else {
+      check429(r, 'turn_rate', 6);
+      refused++;
+    }
+  }
+  assert.equal(ok, 6, `${ok} allowed, ${refused} refused`);
+  // and at once, in parallel from both
+  const v = await newUser(a.port);
+  const all = await Promise.all(Array.from({ length: 14 }, (_, i) => chat(i % 2 ? b : a, v)));
+  assert.equal(all.filter((r) => r.status === 200).length, 6, all.map((r) => r.status).join(','));
+  await stop(a);
+  await stop(b);
+});
+
+test('max_turns_per_user: the third running turn is refused (kind concurrent); a finished or abandoned one gives its place back', async () => {
+  const s = await server(slow, { maxTurnsPerUser: 2 });
+  const u = await newUser(s.port);
+  const one = openStream(s.port, '/api/v1/chat', { session_id: newSid('c1'), message: 'long' }, { token: u.token });
+  const two = openStream(s.port, '/api/v1/chat', { session_id: newSid('c2'), message: 'long' }, { token: u.token });
+  await one.waitFor((h) => h.tokens().length > 0, 10000, 'turn one streaming');
+  await two.waitFor((h) => h.tokens().length > 0, 10000, 'turn two streaming');
+  const third = await chat(s, u);
+  check429(third, 'concurrent', 2);
+  assert.match(third.j.message, /at most 2 per user/);
+  await assert.rejects(completion(s, u), (e) => e instanceof OpenAI.RateLimitError);
+  assert.ok((await limited(s, 'concurrent')) >= 2);
+  // the client of turn one leaves: its place comes back (stored as cancelled)
+  one.destroy();
+  const three = await eventually(async () => {
+    const h = openStream(s.port, '/api/v1/chat', { session_id: newSid('c3'), message: 'long' }, { token: u.token });
+    const got = await Promise.race([h.waitFor((x) => x.tokens().length > 0 || x.status === 429, 10000, 'answer').then(() => h), h.finished.then(() => h)]);
+    if (got.status === 429) {
+      h.destroy();
+      return null;
+    }
+    return h;
+  }, 5000, 'a place after the client left');
+  assert.equal(three.status, 200);
+  // another user is not affected
+  checkOkEnvelope(assert, await chat(s, await newUser(s.port)));
+  two.destroy();
+  three.destroy();
+  await stop(s);
+});
+
+test('auth_rate_limit_per_minute: register and login per client address; the next is 429 auth_ip before any hashing', async () => {
+  const s = await server(fast, { authRateLimitPerMinute: 3 });
+  const email = uniqueEmail('ip');
+  const reg = await api(s.port, 'POST', '/api/v1/auth/register', { body: { email, password: 'correct horse battery' } });
+  checkOkEnvelope(assert, reg, 201);
+  checkOkEnvelope(assert, await api(s.port, 'POST', '/api/v1/auth/login', { body: { email, password: 'correct horse battery' } }));
+  const wrong = await api(s.port, 'POST', '/api/v1/auth/login', { body: { email, password: 'wrong password here' } });
+  assert.equal(wrong.status, 401);
+  const t0 = Date.now();
+  const r = await api(s.port, 'POST', '/api/v1/auth/login', { body: { email, password: 'correct horse battery' } });
+  check429(r, 'auth_ip', 3);
+  assert.match(r.j.message, /sign-in attempts from this address/);
+  const r2 = await api(s.port, 'POST', '/api/v1/auth/register', { body: { email: uniqueEmail('ip'), password: 'correct horse battery' } });
+  check429(r2, 'auth_ip', 3);
+  assert.ok(Date.now() - t0 < 1000, 'refused at once');
+  assert.equal(await limited(s, 'auth_ip'), 2);
+  await stop(s);
+});
+
+test('limits off (0) check nothing; a refused turn over WebSocket leaves the socket usable', async () => {
+  const s = await server(fast, { rateLimitPerMinute: 1 });
+  const u = await newUser(s.port);
+  const ws = await connect(s.port, { token: u.token });
+  try {
+    const a = newSid('w1');
+    ws.ws.send(JSON.stringify({ type: 'query', session_id: a, question: 'hi' }));
+    await ws.waitFor((h) => h.of(a).find((m) => m.type === 'complete'), 10000, 'complete');
+    const b = newSid('w2');
+    ws.ws.send(JSON.stringify({ type: 'query', session_id: b, question: 'hi' }));
+    const e = await ws.waitFor((h) => h.of(b).find((m) => m.type === 'error'), 10000, 'refusal');
+    assert.equal(e.error.code, 'RATE_LIMITED');
+    ws.ws.send(JSON.stringify({ type: 'ping' }));
+    await ws.waitFor((h) => h.msgs.find((m) => m.type === 'pong'), 5000, 'pong');
+  } finally {
+    ws.ws.terminate();
+  }
+  await stop(s);
+  const off = await server(fast, { rateLimitPerMinute: 0, maxTurnsPerUser: 0 });
+  const v = await newUser(off.port);
+  for (let i = 0; i < 5; i++) checkOkEnvelope(assert, await chat(off, v));
+  const rows = (await pg.query('SELECT count(*)::int AS n FROM user_limits WHERE user_id = $1', [v.userId])).rows;
+  assert.equal(rows[0].n, 0, 'no limit state without limits');
+  await stop(off);
+});
