@@ -54,6 +54,9 @@ if (s4d) {
   const d = s4d.chatbench.latency_ms.ttft;
   if (s4) summary.ttft_added_ms_ws = { p50: s4.chatbench.latency_ms.ttft.p50 - d.p50, p99: s4.chatbench.latency_ms.ttft.p99 - d.p99 };
   if (s4b) summary.ttft_added_ms_passthrough = { p50: s4b.chatbench.latency_ms.ttft.p50 - d.p50, p99: s4b.chatbench.latency_ms.ttft.p99 - d.p99 };
+  const added = (r) => r && { p50: r.chatbench.latency_ms.ttft.p50 - d.p50, p99: r.chatbench.latency_ms.ttft.p99 - d.p99 };
+  if (byId['4k']) summary.ttft_added_ms_ws_api_key = added(byId['4k']);
+  if (byId['4bk']) summary.ttft_added_ms_passthrough_api_key = added(byId['4bk']);
 }
 
 const date = new Date().toISOString();
@@ -70,5 +73,7 @@ if (summary.idle_rss_bytes_per_connection !== undefined)
   console.log(`(3) RSS per idle WebSocket at ${summary.idle_connections} connections: ${f(summary.idle_rss_bytes_per_connection, 0)} bytes (goal <= 1024)`);
 if (summary.ttft_added_ms_ws)
   console.log(`(4) added time to first token: WebSocket turns ${pp(summary.ttft_added_ms_ws)}; pass-through ${pp(summary.ttft_added_ms_passthrough)} (goal p99 <= 0.5 ms)`);
+if (summary.ttft_added_ms_ws_api_key)
+  console.log(`(4k) the same with an API key: WebSocket turns ${pp(summary.ttft_added_ms_ws_api_key)}; pass-through ${pp(summary.ttft_added_ms_passthrough_api_key)}`);
 writeFileSync(outFile, JSON.stringify({ date, cores: Number(cores), seconds: Number(seconds), rows, summary }, null, 2) + '\n');
 console.log(`\nwritten: ${outFile}`);

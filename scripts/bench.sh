@@ -74,10 +74,13 @@ wait_http "$paced_port" /health
 
 # ---- chatloop, started afresh for each scenario (its own CPU and peak RSS) ----------
 sup=""
-start_chatloop() { # MOCKPORT WORKERS
+bench_jwt_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+start_chatloop() { # MOCKPORT WORKERS [AUTH]
   cport=$(free_port)
-  GROQ_API_KEY=gsk_fake_bench DATABASE_URL="$dburl" "$CHATLOOP" --config "$CONF" \
-    --listen "127.0.0.1:$cport" --workers "$2" --base-url "http://127.0.0.1:$1/v1" --auth off \
+  GROQ_API_KEY=gsk_fake_bench DATABASE_URL="$dburl" CHATLOOP_JWT_SECRET="$bench_jwt_secret" \
+    "$CHATLOOP" --config "$CONF" \
+    --listen "127.0.0.1:$cport" --workers "$2" --base-url "http://127.0.0.1:$1/v1" --auth "${3:-off}" \
+    --kdf-iterations 1000 \
     --access-log off --log-level warn --max-connections 200000 --backlog 4096 \
     --db-pool-size 8 $LIMITS 2>>"$tmp/chatloop.log" &
   sup=$!
@@ -104,6 +107,16 @@ record() {
 }
 # run_cb OUT ARGS...: chatbench with JSON output; its failures are reported, not fatal
 run_cb() { local out=$1; shift; "$CB" --json "$@" >"$out" || true; }
+# make_api_key PORT: registers a bench user, logs in, prints a new API key (or nothing)
+make_api_key() {
+  local base="http://127.0.0.1:$1/api/v1" email="bench$$@example.test" pw="bench password 1" tok
+  curl -s -o /dev/null -H 'content-type: application/json' -d "{\"email\":\"$email\",\"password\":\"$pw\"}" "$base/auth/register" || true
+  tok=$(curl -s -H 'content-type: application/json' -d "{\"email\":\"$email\",\"password\":\"$pw\"}" "$base/auth/login" |
+    sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' || true)
+  [ -n "$tok" ] || return 0
+  curl -s -H "authorization: Bearer $tok" -H 'content-type: application/json' -d '{"name":"bench"}' "$base/keys" |
+    sed -n 's/.*"key":"\(cl-[^"]*\)".*/\1/p' || true
+}
 
 echo "bench: $ncores cores, $(date -u +%F), chatloop workers = auto; this takes a few minutes" >&2
 
@@ -191,6 +204,23 @@ t0=$(cpu_ticks $workers)
 run_cb "$tmp/s4b.json" --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "http://127.0.0.1:$cport/v1/chat/completions"
 t1=$(cpu_ticks $workers)
 record 4b "TTFT at $S4_RATE turns/s: /v1 pass-through" "$tmp/s4b.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
+stop_chatloop
+# the same two, authenticated with an API key (auth = required): what key
+# auth adds (a per-worker cache, so no round trip per request)
+start_chatloop "$fast_port" auto required
+key=$(make_api_key "$cport")
+if [ -n "$key" ]; then
+  t0=$(cpu_ticks $workers)
+  run_cb "$tmp/s4k.json" --mode ws -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 --token "$key" "ws://127.0.0.1:$cport/ws/chat"
+  t1=$(cpu_ticks $workers)
+  record 4k "TTFT at $S4_RATE turns/s: WebSocket chat turns, API key" "$tmp/s4k.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
+  t0=$(cpu_ticks $workers)
+  run_cb "$tmp/s4bk.json" --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 --token "$key" "http://127.0.0.1:$cport/v1/chat/completions"
+  t1=$(cpu_ticks $workers)
+  record 4bk "TTFT at $S4_RATE turns/s: /v1 pass-through, API key" "$tmp/s4bk.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
+else
+  echo "bench: (4k) skipped: this chatloop makes no API keys" >&2
+fi
 stop_chatloop
 run_cb "$tmp/s4d.json" --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "http://127.0.0.1:$fast_port/v1/chat/completions"
 record 4d "TTFT at $S4_RATE turns/s: straight to chatloop-mock" "$tmp/s4d.json" 0 0

@@ -262,8 +262,7 @@ static const char SQL_STORE_ANSWER[] =
     "  $8::int + $9::int, $13::boolean, 'chat', $15::uuid WHERE $14::boolean"
     " ON CONFLICT (idempotency_key) DO NOTHING), "
     /* the turn's place under max_turns_per_user, given back with its answer */
-    "rl AS (UPDATE user_limits SET leases = leases - $16::text"
-    " WHERE $16::text IS NOT NULL AND user_id = $3::uuid AND leases ? $16::text) "
+    "rl AS (DELETE FROM turn_leases WHERE user_id = $3::uuid AND lease = $16::text) "
     "SELECT count(*) FROM c";
 
 /* PostgreSQL text cannot hold NUL (and a C string parameter would end at

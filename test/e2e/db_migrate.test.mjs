@@ -52,7 +52,8 @@ const SCHEMA = {
     'created_at timestamptz!'],
   document_chunks: ['id int8!', 'document_id uuid!', 'user_id uuid!', 'collection text!', 'seq int4!',
     'content text!', 'tsv tsvector'],
-  user_limits: ['user_id uuid!', 'tat timestamptz!', 'leases jsonb!'],
+  user_limits: ['user_id uuid!', 'shard int4!', 'tat timestamptz!'],
+  turn_leases: ['user_id uuid!', 'lease text!', 'lapses_at timestamptz!'],
   ip_limits: ['addr text!', 'tat timestamptz!'],
 };
 

@@ -218,7 +218,40 @@ test('limits off (0) check nothing; a refused turn over WebSocket leaves the soc
   const off = await server(fast, { rateLimitPerMinute: 0, maxTurnsPerUser: 0 });
   const v = await newUser(off.port);
   for (let i = 0; i < 5; i++) checkOkEnvelope(assert, await chat(off, v));
-  const rows = (await pg.query('SELECT count(*)::int AS n FROM user_limits WHERE user_id = $1', [v.userId])).rows;
+  const rows = (await pg.query('SELECT (SELECT count(*) FROM user_limits WHERE user_id = $1) + (SELECT count(*) FROM turn_leases WHERE user_id = $1) AS n', [v.userId])).rows;
+  rows[0].n = Number(rows[0].n);
   assert.equal(rows[0].n, 0, 'no limit state without limits');
   await stop(off);
+});
+
+test('the SQL functions themselves: a sharded bucket (high rates) admits exactly its size; leases cap concurrency and are given back', async () => {
+  const s = await server(fast, {});
+  const u = await newUser(s.port);
+  // one statement: now() is fixed, so nothing refills while it runs
+  const rate = 12000; // a minute's worth: 16 shards of 750
+  const interval = Math.floor(60e6 / rate);
+  const q = await pg.query(
+    `SELECT count(*) FILTER (WHERE t.allowed)::int AS ok, count(*) FILTER (WHERE NOT t.allowed)::int AS refused,
+            min(t.retry_after_ms) FILTER (WHERE NOT t.allowed) AS wait
+       FROM generate_series(1, $2::int) g, LATERAL chatloop_take_turn($1::uuid, $3::int, $4::int, 0, 'x' || g, 0) t`,
+    [u.userId, rate + 100, interval, interval * rate]);
+  assert.equal(q.rows[0].ok, rate);
+  assert.equal(q.rows[0].refused, 100);
+  assert.ok(q.rows[0].wait > 0 && q.rows[0].wait <= 5 * 16, `wait ${q.rows[0].wait}`);
+  const shards = (await pg.query('SELECT count(*)::int AS n FROM user_limits WHERE user_id = $1', [u.userId])).rows[0].n;
+  assert.equal(shards, 16);
+
+  const v = await newUser(s.port);
+  const leases = await pg.query(
+    `SELECT g, (chatloop_take_turn($1::uuid, 0, 0, 3, 'lease-' || g, 300)).allowed FROM generate_series(1, 5) g ORDER BY g`,
+    [v.userId]);
+  assert.deepEqual(leases.rows.map((r) => r.allowed), [true, true, true, false, false]);
+  await pg.query(`SELECT chatloop_end_turn($1::uuid, 'lease-2')`, [v.userId]);
+  const again = await pg.query(`SELECT (chatloop_take_turn($1::uuid, 0, 0, 3, 'lease-9', 300)).allowed`, [v.userId]);
+  assert.equal(again.rows[0].allowed, true, 'a place given back is taken again');
+  // a lapsed lease does not count
+  await pg.query(`UPDATE turn_leases SET lapses_at = now() - interval '1 s' WHERE user_id = $1`, [v.userId]);
+  const lapsed = await pg.query(`SELECT (chatloop_take_turn($1::uuid, 0, 0, 3, 'lease-10', 300)).allowed`, [v.userId]);
+  assert.equal(lapsed.rows[0].allowed, true);
+  await stop(s);
 });
