@@ -23,9 +23,10 @@ LDFLAGS += $(SANFLAGS)
 include third_party/llhttp.mk
 
 LIB_SRCS  := $(sort $(wildcard src/base/*.c src/net/*.c src/http/*.c src/ws/*.c src/llm/*.c src/api/*.c src/auth/*.c src/db/*.c src/chat/*.c))
-# The browser client's files (src/http/assets/, served by src/http/static.c)
-# become byte arrays in one generated C source: scripts/embed.sh.
-ASSETS    := $(sort $(wildcard src/http/assets/*.html src/http/assets/*.js src/http/assets/*.css))
+# The browser client's files and the OpenAPI document (src/http/assets/, each
+# served as /<name> by src/http/static.c) become byte arrays in one
+# generated C source: scripts/embed.sh.
+ASSETS    := $(sort $(wildcard src/http/assets/*.html src/http/assets/*.js src/http/assets/*.css src/http/assets/*.json))
 ASSET_OBJ := $(BUILD)/gen/assets.o
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(LLHTTP_OBJS) $(ASSET_OBJ)
 MAIN_OBJ  := $(BUILD)/src/main.o
