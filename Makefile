@@ -39,7 +39,7 @@ BENCH_LIB_OBJS := $(filter-out $(BUILD)/src/bench/main.o,$(BENCH_OBJS))
 UNIT_SRCS := $(sort $(wildcard test/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(BUILD)/test/%)
 
-.PHONY: all test asan run bench fuzz clean deps unit
+.PHONY: all test asan run bench fuzz clean deps unit docs
 all: $(BUILD)/chatloop $(if $(MOCK_SRCS),$(BUILD)/chatloop-mock) $(BUILD)/chatbench $(UNIT_BINS)
 
 $(BUILD) $(BUILD)/third_party $(BUILD)/test:
@@ -79,11 +79,15 @@ deps:
 
 unit: $(UNIT_BINS)
 
-test: deps
+# Swagger UI for /docs, into var/docs (docs_dir's default): scripts/docs-assets.sh.
+docs:
+	@bash scripts/docs-assets.sh
+
+test: deps docs
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bash test/run.sh
 
-asan: deps
+asan: deps docs
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 all
 	@BUILD=build-asan bash test/run.sh
 

@@ -189,6 +189,8 @@ static const key_desc keys[] = {
     K_ENUM(log_format, cl_log_format, "text", format_choices, "text or json"),
     K_BOOL(access_log, "on", "one log line per request: on or off"),
     K_BOOL(debug_routes, "off", "serve POST /api/v1/debug/echo (for tests; keep off in production)"),
+    K_STR(docs_dir, "var/docs",
+          "Swagger UI's files for /docs, read at startup (make docs fetches them); missing, /docs says how to get them"),
 
     /* mock provider */
     K_INT(mock_tokens, "20", 1, 100000, "tokens in each mock answer"),

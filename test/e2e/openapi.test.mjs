@@ -5,7 +5,8 @@
 // its security, and nothing in it names a route the server does not have —
 // except the routes listed in PENDING, which other branches are adding.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before } from 'node:test';
@@ -27,8 +28,6 @@ const PENDING = new Set([
   'GET /api/v1/agents/{}',
   'PATCH /api/v1/agents/{}',
   'DELETE /api/v1/agents/{}',
-  'GET /docs',
-  'GET /docs/{}',
 ]);
 const METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options', 'trace'];
 
@@ -154,4 +153,57 @@ test('GET /openapi.json serves the document as application/json', async () => {
   assert.match(r.headers['content-type'], /^application\/json/);
   assert.deepEqual(JSON.parse(r.text), doc);
   assert.equal(r.text, readFileSync(DOC_PATH, 'utf8'), 'byte for byte the file in the repo');
+});
+
+test('/docs without Swagger UI installed: 200 with a page saying how to get it', async () => {
+  const empty = mkdtempSync(path.join(tmpdir(), 'chatloop-nodocs-'));
+  try {
+    const s = await startServer({ docsDir: empty });
+    servers.push(s);
+    const r = await get(s.port, '/docs');
+    assert.equal(r.status, 200);
+    assert.match(r.headers['content-type'], /^text\/html/);
+    assert.match(r.text, /make docs/);
+    assert.match(r.text, /scripts\/docs-assets\.sh/);
+    assert.ok(r.text.includes(`${empty}/swagger-ui-bundle.js`), 'names the missing file');
+    assert.doesNotMatch(r.text, /swagger-ui-bundle\.js"><\/script>/);
+    assert.equal((await get(s.port, '/docs/swagger-ui-bundle.js')).status, 404);
+    assert.equal((await get(s.port, '/docs/init.js')).status, 200, 'the built-in script is always there');
+  } finally {
+    rmSync(empty, { recursive: true, force: true });
+  }
+});
+
+test('/docs with its files: the page loads them from /docs/ and points at /openapi.json', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'chatloop-docs-'));
+  try {
+    const bundle = '/* a stand-in for swagger-ui-bundle.js */ window.SwaggerUIBundle = function () {};\n';
+    writeFileSync(path.join(dir, 'swagger-ui-bundle.js'), bundle);
+    writeFileSync(path.join(dir, 'swagger-ui.css'), 'body { margin: 0 }\n');
+    writeFileSync(path.join(dir, 'index.html'), 'not served');
+    const s = await startServer({ docsDir: dir });
+    servers.push(s);
+    // read at startup: a change on disk afterwards is not seen
+    writeFileSync(path.join(dir, 'swagger-ui-bundle.js'), 'changed');
+    const page = await get(s.port, '/docs');
+    assert.equal(page.status, 200);
+    assert.match(page.headers['content-type'], /^text\/html/);
+    assert.match(page.text, /<script src="\/docs\/swagger-ui-bundle\.js"><\/script>/);
+    assert.match(page.text, /<link rel="stylesheet" href="\/docs\/swagger-ui\.css">/);
+    assert.doesNotMatch(page.text, /<script>/, 'no inline script');
+    const js = await get(s.port, '/docs/swagger-ui-bundle.js');
+    assert.equal(js.status, 200);
+    assert.match(js.headers['content-type'], /^text\/javascript/);
+    assert.equal(js.text, bundle);
+    const css = await get(s.port, '/docs/swagger-ui.css');
+    assert.match(css.headers['content-type'], /^text\/css/);
+    const init = await get(s.port, '/docs/init.js');
+    assert.match(init.text, /url: '\/openapi\.json'/);
+    assert.match(init.text, /validatorUrl: null/);
+    for (const p of ['/docs/index.html', '/docs/favicon-16x16.png', '/docs/..%2fopenapi.json', '/docs/%2e%2e']) {
+      assert.equal((await get(s.port, p)).status, 404, p);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
