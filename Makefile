@@ -39,7 +39,7 @@ BENCH_LIB_OBJS := $(filter-out $(BUILD)/src/bench/main.o,$(BENCH_OBJS))
 UNIT_SRCS := $(sort $(wildcard test/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(BUILD)/test/%)
 
-.PHONY: all test asan run bench fuzz clean deps unit docs
+.PHONY: all test asan run bench fuzz clean deps deps-run unit docs
 all: $(BUILD)/chatloop $(if $(MOCK_SRCS),$(BUILD)/chatloop-mock) $(BUILD)/chatbench $(UNIT_BINS)
 
 $(BUILD) $(BUILD)/third_party $(BUILD)/test:
@@ -74,8 +74,13 @@ $(BUILD)/test/test_bench: $(BUILD)/test/unit/test_bench.o $(BENCH_LIB_OBJS) $(LI
 $(BUILD)/test/%: $(BUILD)/test/unit/%.o $(LIB_OBJS) | $(BUILD)/test
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
+# `make run` installs only what serving needs; the tests' packages (Node.js,
+# npm modules, Chromium) come with `make test` (scripts/deps.sh).
 deps:
-	@bash scripts/deps.sh
+	@bash scripts/deps.sh test
+
+deps-run:
+	@bash scripts/deps.sh run
 
 unit: $(UNIT_BINS)
 
@@ -83,15 +88,18 @@ unit: $(UNIT_BINS)
 docs:
 	@bash scripts/docs-assets.sh
 
-test: deps docs
+# Swagger UI comes after deps (it needs npm), for the /docs browser test.
+test: deps
+	@bash scripts/docs-assets.sh
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bash test/run.sh
 
-asan: deps docs
+asan: deps
+	@bash scripts/docs-assets.sh
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 all
 	@BUILD=build-asan bash test/run.sh
 
-run: deps
+run: deps-run
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bash scripts/run.sh
 

@@ -97,7 +97,7 @@ static const key_desc keys[] = {
     { "listen", T_LISTEN, FIELD(listen, char *), "127.0.0.1:8080", 0, 0, NULL, 0,
       "address to listen on: host:port, [ipv6]:port, :port or a bare port (all interfaces)", NULL,
       NULL },
-    { "workers", T_WORKERS, FIELD(workers, int), "1", 1, 256, NULL, 0,
+    { "workers", T_WORKERS, FIELD(workers, int), "auto", 1, 256, NULL, 0,
       "worker processes: 1..256, or auto for one per online CPU", NULL, NULL },
     K_INT(backlog, "511", 1, 65535, "listen(2) backlog"),
     K_INT(max_connections, "100000", 1, 10000000,
