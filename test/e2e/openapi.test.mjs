@@ -2,8 +2,7 @@
 // GET /openapi.json) against the router it describes: it validates as
 // OpenAPI 3.1, every route `chatloop --routes` prints (the table a worker
 // builds, every optional route switched on) is in it with its method and
-// its security, and nothing in it names a route the server does not have —
-// except the routes listed in PENDING, which other branches are adding.
+// its security, and nothing in it names a route the server does not have.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,18 +16,6 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const DOC_PATH = path.resolve(here, '../../src/http/assets/openapi.json');
 const doc = JSON.parse(readFileSync(DOC_PATH, 'utf8'));
 
-// Described ahead of their code (issue 11): API keys and agents. A pending
-// route that has landed is simply checked like any other.
-const PENDING = new Set([
-  'POST /api/v1/keys',
-  'GET /api/v1/keys',
-  'DELETE /api/v1/keys/{}',
-  'POST /api/v1/agents',
-  'GET /api/v1/agents',
-  'GET /api/v1/agents/{}',
-  'PATCH /api/v1/agents/{}',
-  'DELETE /api/v1/agents/{}',
-]);
 const METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options', 'trace'];
 
 // Parameter names do not matter for routing: /a/{id} and /a/{x} are one route.
@@ -105,7 +92,7 @@ test('nothing in the document is a route the server lacks (OPTIONS: the CORS pre
   const extra = [];
   for (const [key, { path: p }] of documented()) {
     if (key.startsWith('OPTIONS ')) continue;
-    if (!have.has(key) && !PENDING.has(key)) extra.push(key);
+    if (!have.has(key)) extra.push(key);
     assert.ok(doc.paths[p].options, `${p} describes its preflight`);
   }
   assert.deepEqual(extra, []);
