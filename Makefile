@@ -23,9 +23,10 @@ LDFLAGS += $(SANFLAGS)
 include third_party/llhttp.mk
 
 LIB_SRCS  := $(sort $(wildcard src/base/*.c src/net/*.c src/http/*.c src/ws/*.c src/llm/*.c src/api/*.c src/auth/*.c src/db/*.c src/chat/*.c))
-# The browser client's files (src/http/assets/, served by src/http/static.c)
-# become byte arrays in one generated C source: scripts/embed.sh.
-ASSETS    := $(sort $(wildcard src/http/assets/*.html src/http/assets/*.js src/http/assets/*.css))
+# The browser client's files and the OpenAPI document (src/http/assets/, each
+# served as /<name> by src/http/static.c) become byte arrays in one
+# generated C source: scripts/embed.sh.
+ASSETS    := $(sort $(wildcard src/http/assets/*.html src/http/assets/*.js src/http/assets/*.css src/http/assets/*.json))
 ASSET_OBJ := $(BUILD)/gen/assets.o
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(LLHTTP_OBJS) $(ASSET_OBJ)
 MAIN_OBJ  := $(BUILD)/src/main.o
@@ -38,7 +39,7 @@ BENCH_LIB_OBJS := $(filter-out $(BUILD)/src/bench/main.o,$(BENCH_OBJS))
 UNIT_SRCS := $(sort $(wildcard test/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(BUILD)/test/%)
 
-.PHONY: all test asan run bench fuzz clean deps unit
+.PHONY: all test asan run bench fuzz clean deps deps-run unit docs
 all: $(BUILD)/chatloop $(if $(MOCK_SRCS),$(BUILD)/chatloop-mock) $(BUILD)/chatbench $(UNIT_BINS)
 
 $(BUILD) $(BUILD)/third_party $(BUILD)/test:
@@ -73,20 +74,32 @@ $(BUILD)/test/test_bench: $(BUILD)/test/unit/test_bench.o $(BENCH_LIB_OBJS) $(LI
 $(BUILD)/test/%: $(BUILD)/test/unit/%.o $(LIB_OBJS) | $(BUILD)/test
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
+# `make run` installs only what serving needs; the tests' packages (Node.js,
+# npm modules, Chromium) come with `make test` (scripts/deps.sh).
 deps:
-	@bash scripts/deps.sh
+	@bash scripts/deps.sh test
+
+deps-run:
+	@bash scripts/deps.sh run
 
 unit: $(UNIT_BINS)
 
+# Swagger UI for /docs, into var/docs (docs_dir's default): scripts/docs-assets.sh.
+docs:
+	@bash scripts/docs-assets.sh
+
+# Swagger UI comes after deps (it needs npm), for the /docs browser test.
 test: deps
+	@bash scripts/docs-assets.sh
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bash test/run.sh
 
 asan: deps
+	@bash scripts/docs-assets.sh
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 all
 	@BUILD=build-asan bash test/run.sh
 
-run: deps
+run: deps-run
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bash scripts/run.sh
 

@@ -52,6 +52,7 @@ static void usage(FILE *out)
             "  --KEY VALUE          any configuration key, e.g. --max-body-bytes 2MiB\n"
             "  --check-config       print the effective configuration (secrets redacted) and exit\n"
             "  --migrate            apply the database migrations to database_url and exit\n"
+            "  --routes             print every route this configuration serves (METHOD PATH AUTH) and exit\n"
             "  --version            print the version and exit\n"
             "  --help               this text\n"
             "\n"
@@ -73,6 +74,7 @@ typedef struct cli {
     int config_required;
     int check_config;
     int migrate;
+    int routes;
 } cli;
 
 /* Flags are applied after the file and the environment, so this runs twice:
@@ -95,6 +97,10 @@ static int parse_flags(int argc, char **argv, cli *o, cl_config *cfg, int apply,
         }
         if (strcmp(a, "--migrate") == 0) {
             o->migrate = 1;
+            continue;
+        }
+        if (strcmp(a, "--routes") == 0) {
+            o->routes = 1;
             continue;
         }
         char key[128];
@@ -130,6 +136,28 @@ static int load_config(int argc, char **argv, cl_config *cfg, cli *o)
         fprintf(stderr, "chatloop: configuration error: %s\n", err);
         return -1;
     }
+    return 0;
+}
+
+/* ---- --routes ---------------------------------------------------------------- */
+
+static void print_route(void *ud, const char *method, const char *pattern, int guard)
+{
+    (void)ud;
+    printf("%s %s %s\n", method, pattern, guard ? "auth" : "public");
+}
+
+/* The table a worker would build from this configuration, built by the same
+ * code (cl_routes_build): what the OpenAPI document is checked against. */
+static int print_routes(const cl_config *cfg)
+{
+    cl_router *r = cl_routes_build(cfg);
+    if (!r) {
+        fprintf(stderr, "chatloop: cannot build the routes\n");
+        return 1;
+    }
+    cl_router_each(r, print_route, NULL);
+    cl_router_free(r);
     return 0;
 }
 
@@ -412,6 +440,11 @@ int main(int argc, char **argv)
         printf("# configuration OK\n");
         cl_config_free(&cfg);
         return 0;
+    }
+    if (o.routes) {
+        int rc = print_routes(&cfg);
+        cl_config_free(&cfg);
+        return rc;
     }
     if (o.migrate) {
         char err[1024];

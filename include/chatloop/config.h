@@ -110,6 +110,7 @@ typedef struct cl_config {
     cl_log_format log_format;
     int access_log;                 /* 1 = one line per request */
     int debug_routes;               /* 1 = serve /api/v1/debug/echo (tests) */
+    char *docs_dir;                 /* Swagger UI's files for /docs (scripts/docs-assets.sh) */
 
     /* mock provider */
     int mock_tokens;

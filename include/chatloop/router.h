@@ -46,5 +46,11 @@ int cl_router_add_guarded(cl_router *r, const char *method, const char *pattern,
  *  answers HEAD. */
 cl_route_result cl_router_match(const cl_router *r, const char *method, const char *path,
                                 size_t len, cl_route_match *m);
+/** Calls fn once per route, in the order they were added, with the method,
+ *  the pattern as given ("/api/v1/conversations/{id}") and the guard class
+ *  (0 for none). The strings belong to the router. */
+void cl_router_each(const cl_router *r,
+                    void (*fn)(void *ud, const char *method, const char *pattern, int guard),
+                    void *ud);
 
 #endif

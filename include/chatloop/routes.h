@@ -20,6 +20,12 @@ int cl_builtin_routes(cl_router *r, const cl_config *cfg);
  *  (src/http/static.c, src/http/assets/). */
 int cl_static_routes(cl_router *r);
 
+/** GET /docs (Swagger UI on /openapi.json) and GET /docs/{file}: its files,
+ *  read from cfg->docs_dir now, so they are served from memory
+ *  (src/http/docs.c). Missing files are not an error: /docs then says how
+ *  to get them. Returns -1 only when a route cannot be added. */
+int cl_docs_routes(cl_router *r, const cl_config *cfg);
+
 /** Process start time used for uptime, set by main before forking. */
 void cl_builtin_set_start_time(double unix_seconds);
 

@@ -20,6 +20,8 @@ cl_router *cl_routes_build(const cl_config *cfg)
     if (!r)
         return NULL;
     int rc = cl_builtin_routes(r, cfg);
+    if (rc == 0)
+        rc = cl_docs_routes(r, cfg);
     for (size_t i = 0; rc == 0 && i < sizeof features / sizeof features[0]; i++)
         rc = features[i](r);
     if (rc != 0) {

@@ -97,7 +97,7 @@ static const key_desc keys[] = {
     { "listen", T_LISTEN, FIELD(listen, char *), "127.0.0.1:8080", 0, 0, NULL, 0,
       "address to listen on: host:port, [ipv6]:port, :port or a bare port (all interfaces)", NULL,
       NULL },
-    { "workers", T_WORKERS, FIELD(workers, int), "1", 1, 256, NULL, 0,
+    { "workers", T_WORKERS, FIELD(workers, int), "auto", 1, 256, NULL, 0,
       "worker processes: 1..256, or auto for one per online CPU", NULL, NULL },
     K_INT(backlog, "511", 1, 65535, "listen(2) backlog"),
     K_INT(max_connections, "100000", 1, 10000000,
@@ -189,6 +189,8 @@ static const key_desc keys[] = {
     K_ENUM(log_format, cl_log_format, "text", format_choices, "text or json"),
     K_BOOL(access_log, "on", "one log line per request: on or off"),
     K_BOOL(debug_routes, "off", "serve POST /api/v1/debug/echo (for tests; keep off in production)"),
+    K_STR(docs_dir, "var/docs",
+          "Swagger UI's files for /docs, read at startup (make docs fetches them); missing, /docs says how to get them"),
 
     /* mock provider */
     K_INT(mock_tokens, "20", 1, 100000, "tokens in each mock answer"),

@@ -194,3 +194,11 @@ cl_route_result cl_router_match(const cl_router *r, const char *method, const ch
     }
     return path_matched ? CL_ROUTE_BAD_METHOD : CL_ROUTE_NOT_FOUND;
 }
+
+void cl_router_each(const cl_router *r,
+                    void (*fn)(void *ud, const char *method, const char *pattern, int guard),
+                    void *ud)
+{
+    for (int i = 0; i < r->n; i++)
+        fn(ud, r->routes[i].method, r->routes[i].text, r->routes[i].guard);
+}

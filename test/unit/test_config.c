@@ -56,8 +56,10 @@ static void test_defaults(void) {
     CHECK_EQ_STR(c.listen, "127.0.0.1:8080");
     CHECK_EQ_STR(c.listen_host, "127.0.0.1");
     CHECK_EQ_INT(c.listen_port, 8080);
-    CHECK_EQ_INT(c.workers, 1);
-    CHECK_EQ_INT(c.workers_auto, 0);
+    /* production's default: one worker per online CPU */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    CHECK_EQ_INT(c.workers, ncpu < 1 ? 1 : ncpu > 256 ? 256 : (int)ncpu);
+    CHECK_EQ_INT(c.workers_auto, 1);
     CHECK_EQ_INT(c.backlog, 511);
     CHECK_EQ_INT(c.max_connections, 100000);
     CHECK_EQ_STR(c.tls_cert, "");

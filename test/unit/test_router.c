@@ -120,5 +120,37 @@ static void test_many_routes_first_wins(void)
     cl_router_free(r);
 }
 
+typedef struct listing {
+    char text[512];
+    size_t len;
+} listing;
+
+static void list_route(void *ud, const char *method, const char *pattern, int guard)
+{
+    listing *l = ud;
+    l->len += (size_t)snprintf(l->text + l->len, sizeof l->text - l->len, "%s %s %d\n", method,
+                               pattern, guard);
+}
+
+/* cl_router_each: every route once, in registration order, with the
+ * pattern as given (braces kept) and its guard; a refused route is not
+ * listed. */
+static void test_each_lists_the_table(void)
+{
+    cl_router *r = build();
+    CHECK(cl_router_add_guarded(r, "GET", "/api/v1/usage", h_list, 3) == 0);
+    CHECK(cl_router_add(r, "GET", "/a//b", h_list) != 0);
+    listing l = {.len = 0};
+    cl_router_each(r, list_route, &l);
+    CHECK_EQ_STR(l.text, "GET /api/v1/conversations 0\n"
+                         "POST /api/v1/conversations 0\n"
+                         "GET /api/v1/conversations/{id} 0\n"
+                         "DELETE /api/v1/conversations/{id} 0\n"
+                         "POST /api/v1/conversations/{id}/messages 0\n"
+                         "GET / 0\n"
+                         "GET /api/v1/usage 3\n");
+    cl_router_free(r);
+}
+
 CL_TEST_MAIN(test_literal_and_params, test_not_found, test_method_not_allowed, test_head_uses_get,
-             test_bad_patterns, test_many_routes_first_wins)
+             test_bad_patterns, test_many_routes_first_wins, test_each_lists_the_table)
