@@ -85,7 +85,9 @@ static void test_defaults(void) {
     CHECK_EQ_INT(c.history_messages, 20);
     CHECK_EQ_INT(c.auth, CL_AUTH_REQUIRED);
     CHECK_EQ_INT(c.jwt_ttl_ms, 24ULL * 3600 * 1000);
-    CHECK_EQ_INT(c.rate_limit_per_minute, 0); /* off until rate limits land */
+    CHECK_EQ_INT(c.rate_limit_per_minute, 60);
+    CHECK_EQ_INT(c.auth_rate_limit_per_minute, 30);
+    CHECK_EQ_INT(c.max_turns_per_user, 8);
     CHECK_EQ_STR(c.cors_origins, "");
     CHECK_EQ_STR(c.tls_key, "");
     CHECK_EQ_INT(c.retrieval_timeout_ms, 10000);
@@ -208,6 +210,8 @@ static void test_numbers(void) {
     CHECK_CONTAINS(err, "1..64");
     CHECK_EQ_INT(cl_config_set(&c, "rate_limit_per_minute", "0", "x", err), 0);
     CHECK_EQ_INT(c.rate_limit_per_minute, 0);
+    CHECK_EQ_INT(cl_config_set(&c, "max_turns_per_user", "-1", "x", err), -1);
+    CHECK_EQ_INT(cl_config_set(&c, "auth_rate_limit_per_minute", "1000001", "x", err), -1);
 
     CHECK_EQ_INT(cl_config_set(&c, "temperature", "1.5", "x", err), 0);
     CHECK(c.temperature == 1.5);
@@ -618,12 +622,11 @@ static void test_conf_file_matches_table(void) {
 static void test_not_yet(void) {
     static const char *const refused[][2] = {
         { "tls_cert", "/etc/cert.pem" }, { "tls_key", "/etc/key.pem" },
-        { "rate_limit_per_minute", "60" },
         { "retrieval_timeout", "5s" },
     };
     static const char *const accepted[][2] = {
         { "tls_cert", "" }, { "tls_key", "" },
-        { "rate_limit_per_minute", "0" }, { "retrieval_timeout", "10000ms" },
+        { "retrieval_timeout", "10000ms" },
         { "retrieval_timeout", "10" },
     };
     cl_config c;
@@ -642,15 +645,15 @@ static void test_not_yet(void) {
     for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++)
         CHECK_EQ_INT(cl_config_set(&c, accepted[i][0], accepted[i][1], "x", err), 0);
     /* a malformed value still gets the usual message */
-    CHECK_EQ_INT(cl_config_set(&c, "rate_limit_per_minute", "lots", "x", err), -1);
-    CHECK_CONTAINS(err, "expected an integer");
+    CHECK_EQ_INT(cl_config_set(&c, "retrieval_timeout", "lots", "x", err), -1);
+    CHECK_CONTAINS(err, "lots");
 
     char *env[] = { "CHATLOOP_RETRIEVAL_TIMEOUT=5s", NULL };
     CHECK_EQ_INT(cl_config_apply_env(&c, env, err), -1);
     CHECK_CONTAINS(err, "CHATLOOP_RETRIEVAL_TIMEOUT: retrieval_timeout is not supported yet (");
-    char *path = write_temp("workers = 1\nrate_limit_per_minute = 120\n");
+    char *path = write_temp("workers = 1\ntls_key = /k.pem\n");
     CHECK_EQ_INT(cl_config_load_file(&c, path, 1, err), -1);
-    CHECK_CONTAINS(err, ":2: rate_limit_per_minute is not supported yet (rate limits");
+    CHECK_CONTAINS(err, ":2: tls_key is not supported yet (TLS");
     unlink(path);
 
     /* --check-config shows them as such, and the dump still reads back */
@@ -664,7 +667,7 @@ static void test_not_yet(void) {
     size_t marked = 0;
     for (size_t i = 0; i < cl_config_key_count(); i++)
         marked += cl_config_key_not_yet(i) != NULL;
-    CHECK_EQ_INT(marked, 4);
+    CHECK_EQ_INT(marked, 3); /* tls_cert, tls_key, retrieval_timeout */
     cl_config_free(&c);
 }
 
