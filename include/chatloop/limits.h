@@ -22,7 +22,7 @@ typedef struct cl_turn_limit_params {
     char interval_us[24];       /* one turn's cost; "0": no rate limit */
     char burst_us[24];           /* the bucket */
     char max[24];                /* concurrent turns; "0": no cap */
-    char lease_s[24];            /* a lease lapses after this */
+    char lease_s[24];            /* a running turn's count lapses after this */
 } cl_turn_limit_params;
 
 /** 1 when a turn must check a limit (rate or concurrency). */
@@ -30,11 +30,16 @@ int cl_limits_turns_on(const cl_config *cfg);
 void cl_limits_turn_params(const cl_config *cfg, cl_turn_limit_params *out);
 
 /* The SQL of the check, for a statement with the user, the four
- * parameters above and the lease id (the turn's id) at these positions:
- * its columns are allowed, which, retry_after_ms. */
-#define CL_SQL_TAKE_TURN(user, interval, burst, max, lease, lease_s)                               \
+ * parameters above and the lease (the turn's id) at these positions: its
+ * columns are allowed, which, retry_after_ms and holder (the place the
+ * turn holds, NULL without max_turns_per_user). */
+#define CL_SQL_TAKE_TURN(user, interval, burst, max, lease, lapse_s)                               \
     "chatloop_take_turn(" user "::uuid, " interval "::int, " burst "::int, " max "::int, " lease  \
-    "::text, " lease_s "::int)"
+    "::text, " lapse_s "::int)"
+
+/* Gives a turn's place back: the user, the holder its check returned and
+ * the lease. */
+#define CL_SQL_END_TURN "SELECT chatloop_end_turn($1::uuid, $2::text, $3::text)"
 
 /** "turn_rate" / "concurrent" (what the SQL says) as a kind. */
 cl_limit_kind cl_limits_kind(const char *which);

@@ -37,7 +37,8 @@ typedef struct relay {
     uint64_t started_ns, first_chunk_ns;
     json_t *body;               /* held while the limit is checked */
     cl_db_query *limit_check;   /* chatloop_take_turn, before the upstream call */
-    int leased;                 /* holds a place under max_turns_per_user (lease: usage_key) */
+    int leased;                 /* holds a place under max_turns_per_user ... */
+    char holder[16];            /* ... this one (turn_slots; its lease: usage_key) */
 } relay;
 
 /* ---- OpenAI-format errors ------------------------------------------------------ */
@@ -131,11 +132,11 @@ static void relay_free(relay *rl)
     json_decref(rl->body);
     if (rl->leased) {
         /* an ordinary write: if it is lost, the lease lapses by itself */
-        static const char sql[] = "SELECT chatloop_end_turn($1::uuid, $2::text)";
-        const char *p[] = {rl->user_id, rl->usage_key};
+        static const char sql[] = CL_SQL_END_TURN;
+        const char *p[] = {rl->user_id, rl->holder, rl->usage_key};
         cl_app *app = cl_app_current();
         if (app && app->db)
-            cl_db_exec(app->db, sql, 2, p, CL_DB_PREPARED, NULL, NULL);
+            cl_db_exec(app->db, sql, 3, p, CL_DB_PREPARED, NULL, NULL);
     }
     if (rl->begun) {
         uint64_t now = uv_hrtime();
@@ -414,7 +415,7 @@ static void chat_completions(cl_req *r)
  * upstream is asked (a chat turn checks in its history statement; the
  * relay has none). */
 static const char SQL_TAKE_TURN[] =
-    "SELECT allowed, which, retry_after_ms FROM "
+    "SELECT allowed, which, retry_after_ms, holder FROM "
     CL_SQL_TAKE_TURN("$1", "$2", "$3", "$4", "$5", "$6");
 
 static void limit_checked(void *ud, const cl_db_res *res)
@@ -442,7 +443,11 @@ static void limit_checked(void *ud, const cl_db_res *res)
     if (!allowed)
         CL_WARN("rate limit not checked for a completion: %s",
                 res->error ? res->error : "no answer");
-    rl->leased = allowed && cl_app_current()->w->cfg->max_turns_per_user > 0;
+    const char *holder = allowed ? cl_db_get(res, 0, 3) : NULL;
+    if (holder) {
+        rl->leased = 1;
+        snprintf(rl->holder, sizeof rl->holder, "%s", holder);
+    }
     start_relay(rl, body);
     json_decref(body);
 }

@@ -45,7 +45,7 @@ typedef enum { OUT_NONE, OUT_DONE, OUT_ERROR } turn_outcome;
 enum {
     LC_ID, LC_SYSTEM_PROMPT, LC_MODEL, LC_HISTORY, LC_COUNT, LC_BYTES, LC_TEMPERATURE,
     LC_MAX_TOKENS, LC_TOP_P, LC_EFFORT, LC_K, LC_COLLECTION, LC_TOOLS, LC_AGENT_OK,
-    LC_LIMIT_ALLOWED, LC_LIMIT_WHICH, LC_LIMIT_RETRY_MS, LC_LEASE_USER, LC_LEASE
+    LC_LIMIT_ALLOWED, LC_LIMIT_WHICH, LC_LIMIT_RETRY_MS, LC_LEASE_USER, LC_HOLDER, LC_LEASE
 };
 
 struct cl_turn {
@@ -66,7 +66,8 @@ struct cl_turn {
     char user_id[37];
     char api_key_id[37];            /* "" when not called with a key */
     int limited;                    /* the load statement took a limit (limits.h) ... */
-    int leased;                     /* ... and holds a lease (released by the store) */
+    int leased;                     /* ... and holds a place (given back by the store) */
+    char holder[16];                /* that place's number (turn_slots) */
     cl_limit_kind refused_kind;     /* RATE_LIMITED: which limit, and when to retry */
     long refused_retry_ms;
     char conversation_id[37];
@@ -182,11 +183,12 @@ static void on_timer_closed(uv_handle_t *h)
 
 /* A turn that holds a lease but will store no answer gives it back (an
  * ordinary write: if it is lost, the lease lapses by itself). */
-static void release_lease_of(cl_db *db, const char *user, const char *lease)
+static void release_lease_of(cl_db *db, const char *user, const char *holder,
+                             const char *lease)
 {
-    static const char sql[] = "SELECT chatloop_end_turn($1::uuid, $2::text)";
-    const char *p[] = {user, lease};
-    cl_db_exec(db, sql, 2, p, CL_DB_PREPARED, NULL, NULL);
+    static const char sql[] = CL_SQL_END_TURN;
+    const char *p[] = {user, holder, lease};
+    cl_db_exec(db, sql, 3, p, CL_DB_PREPARED, NULL, NULL);
 }
 
 static void release_lease(cl_turn *t)
@@ -194,7 +196,7 @@ static void release_lease(cl_turn *t)
     if (!t->leased)
         return;
     t->leased = 0;
-    release_lease_of(t->app->db, t->user_id, t->assistant_msg_id);
+    release_lease_of(t->app->db, t->user_id, t->holder, t->assistant_msg_id);
 }
 
 /* The load of a turn that ended while it ran (the client left, the
@@ -206,9 +208,10 @@ static void on_orphan_load(void *ud, const cl_db_res *res)
     if (!res->ok || cl_db_rows(res) != 1)
         return;
     const char *allowed = cl_db_get(res, 0, LC_LIMIT_ALLOWED);
-    const char *user = cl_db_get(res, 0, LC_LEASE_USER), *lease = cl_db_get(res, 0, LC_LEASE);
-    if (allowed && strcmp(allowed, "t") == 0 && user && lease)
-        release_lease_of(db, user, lease);
+    const char *user = cl_db_get(res, 0, LC_LEASE_USER), *holder = cl_db_get(res, 0, LC_HOLDER);
+    const char *lease = cl_db_get(res, 0, LC_LEASE);
+    if (allowed && strcmp(allowed, "t") == 0 && user && holder && lease)
+        release_lease_of(db, user, holder, lease);
 }
 
 /* FINISHED: whatever is still attached is let go (a durable write goes on
@@ -262,7 +265,8 @@ static const char SQL_STORE_ANSWER[] =
     "  $8::int + $9::int, $13::boolean, 'chat', $15::uuid WHERE $14::boolean"
     " ON CONFLICT (idempotency_key) DO NOTHING), "
     /* the turn's place under max_turns_per_user, given back with its answer */
-    "rl AS (DELETE FROM turn_leases WHERE user_id = $3::uuid AND lease = $16::text) "
+    "rl AS (UPDATE turn_slots SET lease = NULL"
+    " WHERE user_id = $3::uuid AND slot = $16::int AND lease = $1::text) "
     "SELECT count(*) FROM c";
 
 /* PostgreSQL text cannot hold NUL (and a C string parameter would end at
@@ -310,7 +314,7 @@ static cl_db_query *store_answer(cl_turn *t, const char *status, const char *mod
                        status, NULL, model, prompt, completion, error, created, key,
                        u->present ? "false" : "true", spend ? "true" : "false",
                        t->api_key_id[0] ? t->api_key_id : NULL,
-                       t->leased ? t->assistant_msg_id : NULL};
+                       t->leased ? t->holder : NULL};
     t->leased = 0;
     cl_db_query *q = cl_db_exec(t->app->db, SQL_STORE_ANSWER, 16, p, CL_DB_DURABLE | CL_DB_PREPARED,
                                 cb ? cb : on_background_write, ud);
@@ -611,7 +615,10 @@ static void on_loaded(void *ud, const cl_db_res *res)
         return;
     }
     /* a lease is held from here until the answer's store gives it back */
-    t->leased = allowed && t->app->w->cfg->max_turns_per_user > 0;
+    const char *holder = cl_db_get(res, 0, LC_HOLDER);
+    t->leased = allowed && holder != NULL;
+    if (holder)
+        snprintf(t->holder, sizeof t->holder, "%s", holder);
     if (!cl_db_get(res, 0, LC_ID)) {
         release_lease(t);
         fail(t, CL_ERR_NOT_FOUND, "conversation not found");
@@ -659,15 +666,16 @@ static void on_load_deadline(uv_timer_t *h)
  * a turn from the user's bucket and a lease under max_turns_per_user — only
  * when the agent is fine (a pseudo-constant WHERE: the function is not
  * called otherwise) — and `gate` is what every write below waits on, so a
- * refused turn stores nothing. $8..$12: interval, bucket, max, lease
- * seconds, lease id (the assistant message's id). Without limits, `lim`
+ * refused turn stores nothing. $8..$12: interval, bucket, max, lapse
+ * seconds, the lease (the assistant message's id). Without limits, `lim`
  * is a row of NULLs and costs nothing. */
 #define SQL_LIMIT_GATE(user)                                                                       \
     "lim AS (SELECT * FROM " CL_SQL_TAKE_TURN(user, "$8", "$9", "$10", "$12", "$11")              \
     " WHERE (SELECT ok FROM ag)), "                                                                \
     "gate AS (SELECT (SELECT ok FROM ag) AND coalesce((SELECT allowed FROM lim), true) AS ok), "
 #define SQL_NO_LIMIT_GATE                                                                          \
-    "lim AS (SELECT NULL::boolean AS allowed, NULL::text AS which, NULL::int AS retry_after_ms), " \
+    "lim AS (SELECT NULL::boolean AS allowed, NULL::text AS which, NULL::int AS retry_after_ms,"  \
+    " NULL::text AS holder), "                                                                     \
     "gate AS (SELECT ok FROM ag), "
 
 /* One row, always: the conversation (NULL id when it is not the caller's
@@ -680,7 +688,7 @@ static void on_load_deadline(uv_timer_t *h)
     "SELECT c.id, coalesce(c.system_prompt, a.system_prompt), coalesce(c.model, a.model),"        \
     " h.msgs, h.n, h.bytes, a.temperature, a.max_tokens, a.top_p, a.reasoning_effort, a.k,"       \
     " a.collection, a.tools::text, ag.ok, lim.allowed, lim.which, lim.retry_after_ms,"            \
-    " " user "::text, " lease "::text"                                                             \
+    " " user "::text, lim.holder, " lease "::text"                                                 \
     " FROM ag LEFT JOIN lim ON true LEFT JOIN c ON true"                                           \
     " LEFT JOIN agents a ON a.id = coalesce(" agent "::uuid, c.agent_id)"                          \
     "  AND a.user_id = " user "::uuid" SQL_HISTORY

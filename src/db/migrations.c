@@ -175,22 +175,28 @@ static const char m0002_keys_agents_limits[] =
     "\n"
     /* A user's token bucket, split into shards when the rate is high so
      * that one busy user's turns do not queue on one row lock (each shard
-     * holds its share of the rate and burst; see chatloop_take_turn). */
+     * holds its share of the rate and burst; see chatloop_take_turn). Its
+     * updates touch no indexed column: HOT, room kept by the fillfactor. */
     "CREATE TABLE user_limits (\n"
     "    user_id uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,\n"
     "    shard   int NOT NULL DEFAULT 0,\n"
     "    tat     timestamptz NOT NULL DEFAULT now(),\n"
     "    PRIMARY KEY (user_id, shard)\n"
-    ");\n"
+    ") WITH (fillfactor = 50);\n"
     "\n"
-    /* The turns running under max_turns_per_user, one row each; a lease
-     * lapses by itself if its instance dies mid-turn. */
-    "CREATE TABLE turn_leases (\n"
+    /* The places a user's running turns hold under max_turns_per_user:
+     * numbered 0 .. max - 1, so the cap is the numbering itself; a place
+     * is free when its lease is NULL or lapsed (its instance died
+     * mid-turn). Taking and giving one back touch no indexed column (HOT),
+     * and a turn only ever writes the place it holds: busy users do not
+     * queue on one counter, and the table does not bloat with churn. */
+    "CREATE TABLE turn_slots (\n"
     "    user_id   uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,\n"
-    "    lease     text NOT NULL,\n"
-    "    lapses_at timestamptz NOT NULL,\n"
-    "    PRIMARY KEY (user_id, lease)\n"
-    ");\n"
+    "    slot      int NOT NULL,\n"
+    "    lease     text,\n"
+    "    lapses_at timestamptz NOT NULL DEFAULT now(),\n"
+    "    PRIMARY KEY (user_id, slot)\n"
+    ") WITH (fillfactor = 50);\n"
     "\n"
     "CREATE TABLE ip_limits (\n"
     "    addr text PRIMARY KEY,\n"
@@ -208,20 +214,19 @@ static const char m0002_keys_agents_limits[] =
      * can lock without waiting (SKIP LOCKED) that has room, so the sum
      * never passes the limit and busy users do not serialize on one row.
      *
-     * Concurrency: the user's live leases are counted; when the count is
-     * so far below the cap that every statement the database can be
-     * running at once could not reach it, no lock is needed; closer to the
-     * cap the count is taken again under the user's advisory lock, so two
-     * turns racing cannot both take the last place. (Each statement of a
-     * volatile function sees a fresh snapshot, hence what the last lock
-     * holder committed.) The lease is written only once the rate allowed
-     * the turn: a refused turn leaves nothing. */
+     * Concurrency: a turn takes the first free place it can lock without
+     * waiting (SKIP LOCKED), or makes the next one while there are fewer
+     * than the cap; it writes it only once the rate allowed the turn, so a
+     * refused turn leaves nothing. `holder` is the place's number, which
+     * chatloop_end_turn takes with the user and the lease (the turn's id). */
     "CREATE FUNCTION chatloop_take_turn(p_user uuid, p_interval_us int, p_burst_us int,\n"
-    "    p_max int, p_lease text, p_lease_s int,\n"
-    "    OUT allowed boolean, OUT which text, OUT retry_after_ms int)\n"
+    "    p_max int, p_lease text, p_lapse_s int,\n"
+    "    OUT allowed boolean, OUT which text, OUT retry_after_ms int, OUT holder text)\n"
     "LANGUAGE plpgsql AS $$\n"
     "DECLARE\n"
+    "    place int;\n"
     "    n int;\n"
+    "    k int;\n"
     "    shards int;\n"
     "    s0 int;\n"
     "    s int;\n"
@@ -235,18 +240,24 @@ static const char m0002_keys_agents_limits[] =
     "BEGIN\n"
     "    allowed := true;\n"
     "    IF p_max > 0 THEN\n"
-    "        SELECT count(*) INTO n FROM (SELECT 1 FROM turn_leases\n"
-    "            WHERE user_id = p_user AND lapses_at > now() LIMIT p_max) x;\n"
-    "        IF n + current_setting('max_connections')::int >= p_max THEN\n"
-    "            PERFORM pg_advisory_xact_lock(7411, hashtext(p_user::text));\n"
-    "            SELECT count(*) INTO n FROM (SELECT 1 FROM turn_leases\n"
-    "                WHERE user_id = p_user AND lapses_at > now() LIMIT p_max) x;\n"
-    "        END IF;\n"
-    "        IF n >= p_max THEN\n"
-    "            allowed := false;\n"
-    "            which := 'concurrent';\n"
-    "            retry_after_ms := 1000;\n"
-    "            RETURN;\n"
+    "        SELECT slot INTO place FROM turn_slots\n"
+    "            WHERE user_id = p_user AND (lease IS NULL OR lapses_at < now())\n"
+    "            ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED;\n"
+    "        IF NOT FOUND THEN\n"
+    "            SELECT count(*) INTO n FROM turn_slots WHERE user_id = p_user;\n"
+    "            FOR k IN n .. p_max - 1 LOOP\n"
+    "                INSERT INTO turn_slots (user_id, slot) VALUES (p_user, k) ON CONFLICT DO NOTHING;\n"
+    "                IF FOUND THEN\n"
+    "                    place := k;\n"
+    "                    EXIT;\n"
+    "                END IF;\n"
+    "            END LOOP;\n"
+    "            IF place IS NULL THEN\n"
+    "                allowed := false;\n"
+    "                which := 'concurrent';\n"
+    "                retry_after_ms := 1000;\n"
+    "                RETURN;\n"
+    "            END IF;\n"
     "        END IF;\n"
     "    END IF;\n"
     "    IF p_interval_us > 0 THEN\n"
@@ -291,17 +302,16 @@ static const char m0002_keys_agents_limits[] =
     "        END IF;\n"
     "    END IF;\n"
     "    IF p_max > 0 THEN\n"
-    "        INSERT INTO turn_leases (user_id, lease, lapses_at)\n"
-    "            VALUES (p_user, p_lease, now() + p_lease_s * interval '1 s') ON CONFLICT DO NOTHING;\n"
-    "        IF random() < 0.02 THEN\n"
-    "            DELETE FROM turn_leases WHERE user_id = p_user AND lapses_at < now();\n"
-    "        END IF;\n"
+    "        UPDATE turn_slots SET lease = p_lease, lapses_at = now() + p_lapse_s * interval '1 s'\n"
+    "            WHERE user_id = p_user AND slot = place;\n"
+    "        holder := place::text;\n"
     "    END IF;\n"
     "END $$;\n"
     "\n"
-    "CREATE FUNCTION chatloop_end_turn(p_user uuid, p_lease text) RETURNS void\n"
+    "CREATE FUNCTION chatloop_end_turn(p_user uuid, p_holder text, p_lease text) RETURNS void\n"
     "LANGUAGE sql AS $$\n"
-    "    DELETE FROM turn_leases WHERE user_id = p_user AND lease = p_lease\n"
+    "    UPDATE turn_slots SET lease = NULL\n"
+    "        WHERE user_id = p_user AND slot = p_holder::int AND lease = p_lease\n"
     "$$;\n"
     "\n"
     /* Per client address on register and login; a row whose bucket is full

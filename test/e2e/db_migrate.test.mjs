@@ -53,7 +53,7 @@ const SCHEMA = {
   document_chunks: ['id int8!', 'document_id uuid!', 'user_id uuid!', 'collection text!', 'seq int4!',
     'content text!', 'tsv tsvector'],
   user_limits: ['user_id uuid!', 'shard int4!', 'tat timestamptz!'],
-  turn_leases: ['user_id uuid!', 'lease text!', 'lapses_at timestamptz!'],
+  turn_slots: ['user_id uuid!', 'slot int4!', 'lease text', 'lapses_at timestamptz!'],
   ip_limits: ['addr text!', 'tat timestamptz!'],
 };
 

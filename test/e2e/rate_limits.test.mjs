@@ -178,6 +178,28 @@ test('max_turns_per_user: the third running turn is refused (kind concurrent); a
   await stop(s);
 });
 
+test('max_turns_per_user = 1: turns and completions one after another each give their place back', async () => {
+  const s = await server(fast, { maxTurnsPerUser: 1 });
+  const u = await newUser(s.port);
+  for (let i = 0; i < 4; i++) {
+    const c = await completion(s, u);
+    assert.ok(c.choices[0].message.content.length > 0);
+    const st = openai(s, u).chat.completions.create({ model: 'llama-3.3-70b-versatile', messages: [{ role: 'user', content: 'hi' }], stream: true });
+    for await (const ch of await st) void ch;
+    checkOkEnvelope(assert, await chat(s, u));
+    const sse = await streamTurn(s.port, '/api/v1/chat', { session_id: newSid('one'), message: 'hi' }, { token: u.token });
+    assert.ok(sse.done, sse.raw);
+  }
+  // a conversation that does not exist takes no place for good either
+  const missing = await api(s.port, 'POST', '/api/v1/conversations/00000000-0000-4000-8000-00000000abcd/messages',
+    { token: u.token, body: { message: 'hi' } });
+  assert.equal(missing.status, 404, missing.text);
+  await eventually(async () => (await chat(s, u)).status === 200, 3000, 'a place after the 404');
+  const held = (await pg.query('SELECT count(*)::int AS n FROM turn_slots WHERE user_id = $1 AND lease IS NOT NULL AND lapses_at > now()', [u.userId])).rows[0].n;
+  assert.equal(held, 0, 'no place left held');
+  await stop(s);
+});
+
 test('auth_rate_limit_per_minute: register and login per client address; the next is 429 auth_ip before any hashing', async () => {
   const s = await server(fast, { authRateLimitPerMinute: 3 });
   const email = uniqueEmail('ip');
@@ -218,7 +240,7 @@ test('limits off (0) check nothing; a refused turn over WebSocket leaves the soc
   const off = await server(fast, { rateLimitPerMinute: 0, maxTurnsPerUser: 0 });
   const v = await newUser(off.port);
   for (let i = 0; i < 5; i++) checkOkEnvelope(assert, await chat(off, v));
-  const rows = (await pg.query('SELECT (SELECT count(*) FROM user_limits WHERE user_id = $1) + (SELECT count(*) FROM turn_leases WHERE user_id = $1) AS n', [v.userId])).rows;
+  const rows = (await pg.query('SELECT (SELECT count(*) FROM user_limits WHERE user_id = $1) + (SELECT count(*) FROM turn_slots WHERE user_id = $1) AS n', [v.userId])).rows;
   rows[0].n = Number(rows[0].n);
   assert.equal(rows[0].n, 0, 'no limit state without limits');
   await stop(off);
@@ -242,16 +264,29 @@ test('the SQL functions themselves: a sharded bucket (high rates) admits exactly
   assert.equal(shards, 16);
 
   const v = await newUser(s.port);
-  const leases = await pg.query(
-    `SELECT g, (chatloop_take_turn($1::uuid, 0, 0, 3, 'lease-' || g, 300)).allowed FROM generate_series(1, 5) g ORDER BY g`,
-    [v.userId]);
-  assert.deepEqual(leases.rows.map((r) => r.allowed), [true, true, true, false, false]);
-  await pg.query(`SELECT chatloop_end_turn($1::uuid, 'lease-2')`, [v.userId]);
-  const again = await pg.query(`SELECT (chatloop_take_turn($1::uuid, 0, 0, 3, 'lease-9', 300)).allowed`, [v.userId]);
-  assert.equal(again.rows[0].allowed, true, 'a place given back is taken again');
-  // a lapsed lease does not count
-  await pg.query(`UPDATE turn_leases SET lapses_at = now() - interval '1 s' WHERE user_id = $1`, [v.userId]);
-  const lapsed = await pg.query(`SELECT (chatloop_take_turn($1::uuid, 0, 0, 3, 'lease-10', 300)).allowed`, [v.userId]);
-  assert.equal(lapsed.rows[0].allowed, true);
+  let seq = 0;
+  const take = async () => {
+    const lease = `lease-${++seq}`;
+    const r = (await pg.query(`SELECT * FROM chatloop_take_turn($1::uuid, 0, 0, 3, $2, 300)`, [v.userId, lease])).rows[0];
+    return { ...r, lease };
+  };
+  const got = [];
+  for (let i = 0; i < 5; i++) got.push(await take());
+  assert.deepEqual(got.map((r) => r.allowed), [true, true, true, false, false]);
+  assert.equal(got[3].which, 'concurrent');
+  assert.deepEqual(got.slice(0, 3).map((r) => r.holder).sort(), ['0', '1', '2'], 'the places, numbered below the cap');
+  await pg.query(`SELECT chatloop_end_turn($1::uuid, $2, 'not-the-lease')`, [v.userId, got[1].holder]);
+  assert.equal((await take()).allowed, false, 'only the lease holder gives a place back');
+  await pg.query(`SELECT chatloop_end_turn($1::uuid, $2, $3)`, [v.userId, got[1].holder, got[1].lease]);
+  const back = await take();
+  assert.equal(back.allowed, true, 'a place given back is taken again');
+  assert.equal(back.holder, got[1].holder);
+  assert.equal((await take()).allowed, false);
+  // a place whose lease lapsed (a dead instance's) is free again
+  await pg.query(`UPDATE turn_slots SET lapses_at = now() - interval '1 s' WHERE user_id = $1 AND slot = 2`, [v.userId]);
+  const lapsed = await take();
+  assert.equal(lapsed.allowed, true);
+  assert.equal(lapsed.holder, '2');
+  assert.equal((await pg.query('SELECT count(*)::int AS n FROM turn_slots WHERE user_id = $1', [v.userId])).rows[0].n, 3, 'never more places than the cap');
   await stop(s);
 });
