@@ -32,4 +32,7 @@ int cl_utf8_valid(const void *s, size_t len);
  */
 size_t cl_utf8_chars(const char *s);
 
+/** 1 when s has an ASCII control character (names, titles: one line of text). */
+int cl_utf8_has_control(const char *s);
+
 #endif

@@ -23,6 +23,7 @@
  * numbers reach their columns without a round trip through C text.
  */
 #include "chatloop/api.h"
+#include "chatloop/api_query.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/json_body.h"
@@ -58,39 +59,6 @@ static const char *const fields[] = {"name",  "system_prompt",    "model", "temp
 #define FIELD_LIST "name, system_prompt, model, temperature, max_tokens, top_p, " \
                    "reasoning_effort, k, collection, tools"
 
-/* ---- one pending query per request ------------------------------------------ */
-
-typedef struct pending {
-    cl_db_query *q;
-    int limit, offset;          /* list: the page */
-    char id[37];                /* the path id, for answers that echo it */
-} pending;
-
-static void pending_cancel(void *state)
-{
-    pending *p = state;
-    cl_db_cancel(p->q);         /* its callback will not run */
-}
-
-/* Runs one query for r. Answers and returns NULL if it cannot be queued. */
-static pending *run(cl_req *r, const char *sql, int n, const char *const *params, cl_db_cb cb)
-{
-    pending *p = cl_req_defer(r, sizeof *p, pending_cancel);
-    if (!p)
-        return NULL;
-    p->q = cl_db_exec(cl_app_current()->db, sql, n, params, 0, cb, p);
-    if (!p->q) {
-        cl_api_error(cl_req_resume(p), CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
-        return NULL;
-    }
-    return p;
-}
-
-static void not_found(cl_req *r)
-{
-    cl_api_error(r, CL_ERR_NOT_FOUND, "agent not found", NULL, NULL);
-}
-
 /* `field` is one of fields[] or a short key of the client's: escaped. */
 static void field_error_status(cl_req *r, int status, const char *field, const char *message)
 {
@@ -108,24 +76,6 @@ static void field_error_status(cl_req *r, int status, const char *field, const c
 static void field_error(cl_req *r, const char *field, const char *message)
 {
     field_error_status(r, 400, field, message);
-}
-
-/* The {id} path parameter if it is a UUID; otherwise answers 404. */
-static int path_id(cl_req *r, char out[37])
-{
-    if (cl_req_param(r, "id", out, 37) != 0 || !cl_uuid_valid(out)) {
-        not_found(r);
-        return 0;
-    }
-    return 1;
-}
-
-static int has_control(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return 1;
-    return 0;
 }
 
 /* ---- validation ------------------------------------------------------------------ */
@@ -161,7 +111,7 @@ static int validate(cl_req *r, json_t *body, int patch)
                 field_error(r, "name", patch ? "'name' cannot be cleared" : "'name' is required");
                 return -1;
             }
-            if (!s || !*s || cl_utf8_chars(s) > NAME_MAX_CHARS || has_control(s)) {
+            if (!s || !*s || cl_utf8_chars(s) > NAME_MAX_CHARS || cl_utf8_has_control(s)) {
                 field_error(r, "name", "'name' must be a string of 1 to 100 characters, "
                                        "without control characters");
                 return -1;
@@ -203,7 +153,7 @@ static void written(cl_req *r, const cl_db_res *res, int status, const char *wha
         return;
     }
     if (cl_db_rows(res) != 1) {
-        not_found(r);
+        cl_api_not_found(r, "agent");
         return;
     }
     cl_api_ok(r, status, status == 201 ? "agent created" : "agent updated", cl_db_get(res, 0, 0));
@@ -224,7 +174,7 @@ static void write_agent(cl_req *r, const char *id, int patch, const char *sql, c
         goto done;
     }
     const char *params[3] = {id, r->user_id, text};
-    run(r, sql, 3, params, cb);     /* the parameters are copied */
+    cl_api_query_run(r, sql, 3, params, 0, cb);     /* the parameters are copied */
 done:
     free(text);
     json_decref(body);
@@ -292,7 +242,7 @@ static void patched(void *ud, const cl_db_res *res)
 static void agent_patch(cl_req *r)
 {
     char id[37];
-    if (path_id(r, id))
+    if (cl_api_path_id(r, id, "agent"))
         write_agent(r, id, 1, SQL_PATCH, patched);
 }
 
@@ -306,8 +256,8 @@ static const char SQL_LIST[] =
 
 static void listed(void *ud, const cl_db_res *res)
 {
-    pending *p = ud;
-    int limit = p->limit, offset = p->offset;
+    cl_api_query *p = ud;
+    int limit = p->a, offset = p->b;
     cl_req *r = cl_req_resume(p);
     if (!res->ok) {
         cl_db_error_reply(r, res, "list agents");
@@ -349,10 +299,10 @@ static void agent_list(cl_req *r)
     snprintf(fetch, sizeof fetch, "%ld", limit + 1);
     snprintf(skip, sizeof skip, "%ld", offset);
     const char *params[3] = {r->user_id, fetch, skip};
-    pending *p = run(r, SQL_LIST, 3, params, listed);
+    cl_api_query *p = cl_api_query_run(r, SQL_LIST, 3, params, 0, listed);
     if (p) {
-        p->limit = (int)limit;
-        p->offset = (int)offset;
+        p->a = (int)limit;
+        p->b = (int)offset;
     }
 }
 
@@ -368,7 +318,7 @@ static void got_one(void *ud, const cl_db_res *res)
     if (!res->ok)
         cl_db_error_reply(r, res, "get agent");
     else if (cl_db_rows(res) != 1)
-        not_found(r);
+        cl_api_not_found(r, "agent");
     else
         cl_api_ok(r, 200, "agent", cl_db_get(res, 0, 0));
 }
@@ -376,46 +326,31 @@ static void got_one(void *ud, const cl_db_res *res)
 static void agent_get(cl_req *r)
 {
     char id[37];
-    if (!path_id(r, id) || !cl_db_require(r))
+    if (!cl_api_path_id(r, id, "agent") || !cl_db_require(r))
         return;
     const char *params[2] = {id, r->user_id};
-    run(r, SQL_GET, 2, params, got_one);
+    cl_api_query_run(r, SQL_GET, 2, params, 0, got_one);
 }
 
 /* ---- DELETE /api/v1/agents/{id} ----------------------------------------------------- */
 
-static void deleted(void *ud, const cl_db_res *res)
-{
-    pending *p = ud;
-    char id[37];
-    memcpy(id, p->id, sizeof id);
-    cl_req *r = cl_req_resume(p);
-    if (!res->ok) {
-        cl_db_error_reply(r, res, "delete agent");
-        return;
-    }
-    if (cl_db_rows(res) != 1) {
-        not_found(r);
-        return;
-    }
-    char data[80];
-    snprintf(data, sizeof data, "{\"id\":\"%s\",\"deleted\":true}", id);    /* a checked UUID */
-    cl_api_ok(r, 200, "agent deleted", data);
-}
-
 static void agent_delete(cl_req *r)
 {
     char id[37];
-    if (!path_id(r, id) || !cl_db_require(r))
+    if (!cl_api_path_id(r, id, "agent") || !cl_db_require(r))
         return;
     /* Its conversations stay, readable and usable: the foreign key clears
      * their agent_id (ON DELETE SET NULL), and their turns fall back to
      * the configuration. */
     const char *params[2] = {id, r->user_id};
-    pending *p = run(r, "DELETE FROM agents WHERE id = $1::uuid AND user_id = $2::uuid RETURNING id",
-                     2, params, deleted);
-    if (p)
+    cl_api_query *p = cl_api_query_run(
+        r, "DELETE FROM agents WHERE id = $1::uuid AND user_id = $2::uuid RETURNING id", 2, params, 0,
+        cl_api_removed);
+    if (p) {
         memcpy(p->id, id, sizeof id);
+        p->noun = "agent";
+        p->removed = "deleted";
+    }
 }
 
 int cl_agent_routes(cl_router *r)

@@ -28,6 +28,7 @@
  * pages moves to the front (updated_at is bumped), as newest-first implies.
  */
 #include "chatloop/api.h"
+#include "chatloop/api_query.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/json_body.h"
@@ -52,49 +53,6 @@
 /* A timestamptz column as ISO 8601 UTC text (SQL fragment). */
 #define ISO(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
-/* ---- one pending query per request --------------------------------------------- */
-
-/* What a handler keeps across its query (cl_req_defer owns it). */
-typedef struct pending {
-    cl_db_query *q;
-    int limit;                  /* list: page size */
-    int has_agent;              /* create: an agent_id was given */
-    char id[37];                /* the path id, for answers that echo it */
-} pending;
-
-static void pending_cancel(void *state)
-{
-    pending *p = state;
-    cl_db_cancel(p->q);         /* its callback will not run */
-}
-
-/* Runs one query for r; `cb` gets the pending (see take). Answers and
- * returns NULL if the query cannot be queued. */
-static pending *run(cl_req *r, const char *sql, int n, const char *const *params, cl_db_cb cb)
-{
-    pending *p = cl_req_defer(r, sizeof *p, pending_cancel);
-    if (!p)
-        return NULL;
-    p->q = cl_db_exec(cl_app_current()->db, sql, n, params, 0, cb, p);
-    if (!p->q) {
-        cl_api_error(cl_req_resume(p), CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
-        return NULL;
-    }
-    return p;
-}
-
-/* The query finished: the request back, the pending freed (read what you
- * need from it first). */
-static cl_req *take(pending *p)
-{
-    return cl_req_resume(p);
-}
-
-static void not_found(cl_req *r)
-{
-    cl_api_error(r, CL_ERR_NOT_FOUND, "conversation not found", NULL, NULL);
-}
-
 /* Another user's agent is a missing one, as everywhere (404, not 400). */
 static void agent_not_found(cl_req *r)
 {
@@ -110,31 +68,13 @@ static void field_error(cl_req *r, const char *field, const char *message)
 
 /* ---- input helpers --------------------------------------------------------------- */
 
-/* The {id} path parameter if it is a UUID; otherwise answers 404. */
-static int path_id(cl_req *r, char out[37])
-{
-    if (cl_req_param(r, "id", out, 37) != 0 || !cl_uuid_valid(out)) {
-        not_found(r);
-        return 0;
-    }
-    return 1;
-}
-
-static int has_control(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return 1;
-    return 0;
-}
-
 /* ---- POST /api/v1/conversations ----------------------------------------------------- */
 
 static void created(void *ud, const cl_db_res *res)
 {
-    pending *p = ud;
-    int has_agent = p->has_agent;
-    cl_req *r = take(p);
+    cl_api_query *p = ud;
+    int has_agent = p->a;
+    cl_req *r = cl_req_resume(p);
     if (!res->ok) {
         /* 23503 with an agent: it was deleted between the check and the
          * insert (without one, the caller's user row is gone: a 500). */
@@ -192,7 +132,7 @@ static void conversation_create(cl_req *r)
         opt_string(r, body, "system_prompt", &system_prompt) ||
         opt_string(r, body, "model", &model))
         goto done;
-    if (title && (cl_utf8_chars(title) > TITLE_MAX_CHARS || has_control(title))) {
+    if (title && (cl_utf8_chars(title) > TITLE_MAX_CHARS || cl_utf8_has_control(title))) {
         field_error(r, "title", "'title' must be at most 200 characters, without control characters");
         goto done;
     }
@@ -204,7 +144,7 @@ static void conversation_create(cl_req *r)
         field_error(r, "system_prompt", "'system_prompt' must be at most 32768 bytes");
         goto done;
     }
-    if (model && (!model[0] || cl_utf8_chars(model) > MODEL_MAX_CHARS || has_control(model))) {
+    if (model && (!model[0] || cl_utf8_chars(model) > MODEL_MAX_CHARS || cl_utf8_has_control(model))) {
         field_error(r, "model",
                     "'model' must be a non-empty string of at most 128 characters, "
                     "without control characters");
@@ -220,9 +160,9 @@ static void conversation_create(cl_req *r)
         goto done;
     }
     const char *params[6] = {id, r->user_id, title, agent_id, system_prompt, model};
-    pending *p = run(r, SQL_CREATE, 6, params, created);    /* the parameters are copied */
+    cl_api_query *p = cl_api_query_run(r, SQL_CREATE, 6, params, 0, created);    /* the parameters are copied */
     if (p)
-        p->has_agent = agent_id != NULL;
+        p->a = agent_id != NULL;
 done:
     json_decref(body);
 }
@@ -247,9 +187,9 @@ static const char SQL_LIST[] =
 
 static void listed(void *ud, const cl_db_res *res)
 {
-    pending *p = ud;
-    int limit = p->limit;
-    cl_req *r = take(p);
+    cl_api_query *p = ud;
+    int limit = p->a;
+    cl_req *r = cl_req_resume(p);
     if (!res->ok) {
         cl_db_error_reply(r, res, "list conversations");
         return;
@@ -311,9 +251,9 @@ static void conversation_list(cl_req *r)
     char fetch[24];
     snprintf(fetch, sizeof fetch, "%ld", limit + 1);
     const char *params[4] = {r->user_id, before_us, before_id, fetch};
-    pending *p = run(r, SQL_LIST, 4, params, listed);
+    cl_api_query *p = cl_api_query_run(r, SQL_LIST, 4, params, 0, listed);
     if (p)
-        p->limit = (int)limit;
+        p->a = (int)limit;
 }
 
 /* ---- GET /api/v1/conversations/{id} -------------------------------------------------------- */
@@ -332,12 +272,12 @@ static const char SQL_GET[] =
 
 static void got_one(void *ud, const cl_db_res *res)
 {
-    pending *p = ud;
-    cl_req *r = take(p);
+    cl_api_query *p = ud;
+    cl_req *r = cl_req_resume(p);
     if (!res->ok)
         cl_db_error_reply(r, res, "get conversation");
     else if (cl_db_rows(res) != 1)
-        not_found(r);
+        cl_api_not_found(r, "conversation");
     else
         cl_api_ok(r, 200, "conversation", cl_db_get(res, 0, 0));
 }
@@ -345,47 +285,30 @@ static void got_one(void *ud, const cl_db_res *res)
 static void conversation_get(cl_req *r)
 {
     char id[37];
-    if (!path_id(r, id) || !cl_db_require(r))
+    if (!cl_api_path_id(r, id, "conversation") || !cl_db_require(r))
         return;
     const char *params[2] = {id, r->user_id};
-    run(r, SQL_GET, 2, params, got_one);
+    cl_api_query_run(r, SQL_GET, 2, params, 0, got_one);
 }
 
 /* ---- DELETE /api/v1/conversations/{id} ------------------------------------------------------- */
 
-static void deleted(void *ud, const cl_db_res *res)
-{
-    pending *p = ud;
-    char id[37];
-    memcpy(id, p->id, sizeof id);
-    cl_req *r = take(p);
-    if (!res->ok) {
-        cl_db_error_reply(r, res, "delete conversation");
-        return;
-    }
-    if (cl_db_rows(res) != 1) {
-        not_found(r);
-        return;
-    }
-    char data[80];
-    snprintf(data, sizeof data, "{\"id\":\"%s\",\"deleted\":true}", id);    /* a checked UUID */
-    cl_api_ok(r, 200, "conversation deleted", data);
-}
-
 static void conversation_delete(cl_req *r)
 {
     char id[37];
-    if (!path_id(r, id) || !cl_db_require(r))
+    if (!cl_api_path_id(r, id, "conversation") || !cl_db_require(r))
         return;
     /* Messages go with it (ON DELETE CASCADE); usage_events keep their
      * tokens (their conversation and message references are SET NULL). */
     const char *params[2] = {id, r->user_id};
-    pending *p = run(r,
-                     "DELETE FROM conversations WHERE id = $1::uuid AND user_id = $2::uuid"
-                     " RETURNING id",
-                     2, params, deleted);
-    if (p)
+    cl_api_query *p = cl_api_query_run(
+        r, "DELETE FROM conversations WHERE id = $1::uuid AND user_id = $2::uuid RETURNING id", 2,
+        params, 0, cl_api_removed);
+    if (p) {
         memcpy(p->id, id, sizeof id);
+        p->noun = "conversation";
+        p->removed = "deleted";
+    }
 }
 
 /* ---- GET /api/v1/usage --------------------------------------------------------------------------- */
@@ -410,8 +333,8 @@ static const char SQL_USAGE[] =
 
 static void usage_done(void *ud, const cl_db_res *res)
 {
-    pending *p = ud;
-    cl_req *r = take(p);
+    cl_api_query *p = ud;
+    cl_req *r = cl_req_resume(p);
     if (!res->ok || cl_db_rows(res) != 1) {
         cl_db_error_reply(r, res, "usage");
         return;
@@ -427,7 +350,7 @@ static void usage_get(cl_req *r)
     char d[24];
     snprintf(d, sizeof d, "%ld", days);
     const char *params[2] = {r->user_id, d};
-    run(r, SQL_USAGE, 2, params, usage_done);
+    cl_api_query_run(r, SQL_USAGE, 2, params, 0, usage_done);
 }
 
 int cl_conversation_routes(cl_router *r)

@@ -11,6 +11,7 @@
  * that is not a UUID, is 404, as everywhere.
  */
 #include "chatloop/api.h"
+#include "chatloop/api_query.h"
 #include "chatloop/apikey.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
@@ -29,44 +30,6 @@
 
 #define ISO(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
-typedef struct pending {
-    cl_db_query *q;
-    char id[37];
-    char key[CL_API_KEY_LEN + 1];   /* create: the secret, answered once */
-} pending;
-
-static void pending_cancel(void *state)
-{
-    pending *p = state;
-    cl_db_cancel(p->q);
-}
-
-static pending *run(cl_req *r, const char *sql, int n, const char *const *params, cl_db_cb cb)
-{
-    pending *p = cl_req_defer(r, sizeof *p, pending_cancel);
-    if (!p)
-        return NULL;
-    p->q = cl_db_exec(cl_app_current()->db, sql, n, params, CL_DB_PREPARED, cb, p);
-    if (!p->q) {
-        cl_api_error(cl_req_resume(p), CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
-        return NULL;
-    }
-    return p;
-}
-
-static void not_found(cl_req *r)
-{
-    cl_api_error(r, CL_ERR_NOT_FOUND, "API key not found", NULL, NULL);
-}
-
-static int has_control(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return 1;
-    return 0;
-}
-
 /* ---- POST ---------------------------------------------------------------------------- */
 
 static const char SQL_CREATE[] =
@@ -77,10 +40,10 @@ static const char SQL_CREATE[] =
 
 static void created(void *ud, const cl_db_res *res)
 {
-    pending *p = ud;
-    char key[sizeof p->key];
-    memcpy(key, p->key, sizeof key);
-    memset(p->key, 0, sizeof p->key);
+    cl_api_query *p = ud;
+    char key[sizeof p->secret];
+    memcpy(key, p->secret, sizeof key);
+    memset(p->secret, 0, sizeof p->secret);
     cl_req *r = cl_req_resume(p);
     if (!res->ok) {
         cl_db_error_reply(r, res, "create API key");
@@ -117,7 +80,7 @@ static void key_create(cl_req *r)
     const char *name = NULL;
     if (jn && !json_is_null(jn)) {
         name = json_string_value(jn);
-        if (!name || !*name || cl_utf8_chars(name) > KEY_NAME_MAX_CHARS || has_control(name)) {
+        if (!name || !*name || cl_utf8_chars(name) > KEY_NAME_MAX_CHARS || cl_utf8_has_control(name)) {
             cl_api_error(r, CL_ERR_INVALID_REQUEST,
                          "'name' must be a string of 1 to 100 characters, without control characters",
                          "{\"field\":\"name\"}", NULL);
@@ -136,9 +99,9 @@ static void key_create(cl_req *r)
     prefix[CL_API_KEY_SHOWN] = '\0';
     snprintf(cap, sizeof cap, "%d", KEYS_PER_USER);
     const char *params[] = {r->user_id, name, hash, prefix, cap};
-    pending *p = run(r, SQL_CREATE, 5, params, created);
+    cl_api_query *p = cl_api_query_run(r, SQL_CREATE, 5, params, CL_DB_PREPARED, created);
     if (p)
-        memcpy(p->key, key, sizeof key);
+        memcpy(p->secret, key, sizeof key);
     memset(key, 0, sizeof key);
 done:
     json_decref(body);
@@ -167,7 +130,7 @@ static void key_list(cl_req *r)
     if (!cl_db_require(r))
         return;
     const char *params[] = {r->user_id};
-    run(r, SQL_LIST, 1, params, listed);
+    cl_api_query_run(r, SQL_LIST, 1, params, CL_DB_PREPARED, listed);
 }
 
 /* ---- DELETE -------------------------------------------------------------------------- */
@@ -176,40 +139,28 @@ static const char SQL_REVOKE[] =
     "UPDATE api_keys SET revoked_at = now()"
     " WHERE id = $1::uuid AND user_id = $2::uuid AND revoked_at IS NULL RETURNING id";
 
+/* This worker stops trusting the key at once; the others within the
+ * trust window (apikey.h). */
 static void revoked(void *ud, const cl_db_res *res)
 {
-    pending *p = ud;
-    char id[37];
-    memcpy(id, p->id, sizeof id);
-    cl_req *r = cl_req_resume(p);
-    if (!res->ok) {
-        cl_db_error_reply(r, res, "revoke API key");
-        return;
-    }
-    if (cl_db_rows(res) != 1) {
-        not_found(r);
-        return;
-    }
-    /* this worker stops trusting it at once; the others within the trust window */
-    cl_api_key_forget_id(id);
-    char data[80];
-    snprintf(data, sizeof data, "{\"id\":\"%s\",\"revoked\":true}", id);
-    cl_api_ok(r, 200, "API key revoked", data);
+    cl_api_query *p = ud;
+    if (res->ok && cl_db_rows(res) == 1)
+        cl_api_key_forget_id(p->id);
+    cl_api_removed(ud, res);
 }
 
 static void key_revoke(cl_req *r)
 {
     char id[37];
-    if (cl_req_param(r, "id", id, sizeof id) != 0 || !cl_uuid_valid(id)) {
-        not_found(r);
-        return;
-    }
-    if (!cl_db_require(r))
+    if (!cl_api_path_id(r, id, "API key") || !cl_db_require(r))
         return;
     const char *params[] = {id, r->user_id};
-    pending *p = run(r, SQL_REVOKE, 2, params, revoked);
-    if (p)
+    cl_api_query *p = cl_api_query_run(r, SQL_REVOKE, 2, params, CL_DB_PREPARED, revoked);
+    if (p) {
         memcpy(p->id, id, sizeof id);
+        p->noun = "API key";
+        p->removed = "revoked";
+    }
 }
 
 int cl_key_routes(cl_router *r)

@@ -72,3 +72,11 @@ size_t cl_utf8_chars(const char *s)
         n += !is_cont((uint8_t)*s);
     return n;
 }
+
+int cl_utf8_has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return 1;
+    return 0;
+}
