@@ -10,13 +10,37 @@ import { startRelay } from './llm.mjs';
 
 export const JWT_SECRET = 'test-secret-chat-0123456789abcdef';
 
-/** chatloop pointed at `mock` with `pg` (a startPg() cluster, or {url}), auth required. */
-export function startChatServer(mock, pg, opts = {}, rest = {}) {
-  return startRelay(
+/**
+ * chatloop pointed at `mock` with `pg` (a startPg() cluster, or {url}), auth
+ * required. Resolves once every worker's pool is connected (each /health
+ * answers from one worker: new connections until all of them said so), so a
+ * test's first request does not meet a pool still connecting — unless the
+ * database is down on purpose (opts.awaitDb false, or it never comes up:
+ * then after 5 s as it is).
+ */
+export async function startChatServer(mock, pg, opts = {}, rest = {}) {
+  const { awaitDb = true, ...o } = opts;
+  const s = await startRelay(
     mock,
-    { auth: 'required', jwtSecret: JWT_SECRET, kdfIterations: 1000, databaseUrl: pg.url, ...opts },
+    { auth: 'required', jwtSecret: JWT_SECRET, kdfIterations: 1000, databaseUrl: pg.url, ...o },
     rest,
   );
+  const workers = Number(o.workers ?? 1);
+  if (awaitDb && Number.isInteger(workers) && workers > 0) {
+    const ok = new Set();
+    const deadline = Date.now() + 5000;
+    while (ok.size < workers && Date.now() < deadline) {
+      try {
+        const r = await request(s.port, { path: '/health', agent: false, timeout: 1000 });
+        const h = JSON.parse(r.text);
+        if (h.db?.status === 'ok') ok.add(h.worker);
+        else await sleep(20);
+      } catch {
+        await sleep(20);
+      }
+    }
+  }
+  return s;
 }
 
 /**
