@@ -10,8 +10,9 @@ const byId = Object.fromEntries(rows.map((r) => [r.id, r]));
 const f = (v, d = 1) => (v === undefined || v === null || Number.isNaN(v) ? '-' : Number(v).toFixed(d));
 const errorsOf = (cb) => Object.entries(cb.errors || {}).map(([k, v]) => `${k}:${v.count}`).join(' ') || '0';
 const cpuPer1k = (r) => (r.cpu_s > 0 && r.chatbench.turns_ok > 0 ? (r.cpu_s * 1000) / r.chatbench.turns_ok : null);
+const dbPer1k = (r) => (r.db_cpu_s !== undefined && r.chatbench.turns_ok > 0 ? (r.db_cpu_s * 1000) / r.chatbench.turns_ok : null);
 
-const head = ['scenario', 'turns/s', 'tokens/s', 'TTFT p50/p99 ms', 'gap p50/p99 ms', 'errors', 'CPU s/1k turns', 'peak RSS MB'];
+const head = ['scenario', 'turns/s', 'tokens/s', 'TTFT p50/p99 ms', 'gap p50/p99 ms', 'errors', 'CPU s/1k turns', 'DB CPU s/1k', 'peak RSS MB'];
 const table = rows.map((r) => {
   const cb = r.chatbench;
   const L = cb.latency_ms;
@@ -24,6 +25,7 @@ const table = rows.map((r) => {
     idle ? '' : `${f(L.gap.p50, 2)} / ${f(L.gap.p99, 2)}`,
     `${errorsOf(cb)}${cb.connections_failed ? ` conn:${cb.connections_failed}` : ''}`,
     cpuPer1k(r) === null ? '' : f(cpuPer1k(r), 3),
+    dbPer1k(r) === null ? '' : f(dbPer1k(r), 3),
     r.peak_rss_kb ? f(r.peak_rss_kb / 1024, 1) : '',
   ];
 });

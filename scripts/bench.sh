@@ -19,7 +19,8 @@
 # BENCH_ONLY="1 4" runs only those scenarios; BENCH_CHATLOOP and BENCH_CONF
 # measure another chatloop binary with its own config file (an A/B run
 # against an older build, with this checkout's chatbench and mocks).
-# BENCH_LIMITS: the rate-limit flags (default: limits on but never reached,
+# BENCH_WARM: seconds of unrecorded load before each row of (1) and (4)
+# (default 2; 0: none). BENCH_LIMITS: the rate-limit flags (default: limits on but never reached,
 # so every turn pays for the check; "--rate-limit-per-minute 0
 # --max-turns-per-user 0" measures without; "" for a binary that predates them).
 set -euo pipefail
@@ -99,14 +100,32 @@ stop_chatloop() {
 # kB summed over PIDs: VmHWM (peak) or VmRSS (now)
 mem_kb() { local f=$1 t=0; shift; for p in "$@"; do t=$((t + $(awk -v f="$f:" '$1 == f {print $2}' "/proc/$p/status"))); done; echo $t; }
 
-# record ID NAME CHATBENCH_JSON CPU_TICKS PEAK_KB [EXTRA_JSON]: one scenario row
+# db_ticks: CPU ticks PostgreSQL has used so far (its backends, live and
+# gone): what a scenario costs the database, measured beside chatloop's own
+db_ticks() {
+  local pm; pm=$(head -1 "$tmp/pg/data/postmaster.pid")
+  local t; t=$(awk '{print $14+$15+$16+$17}' "/proc/$pm/stat")
+  echo $((t + $(cpu_ticks $(pgrep -P "$pm") 2>/dev/null || echo 0)))
+}
+# record ID NAME CHATBENCH_JSON CPU_TICKS PEAK_KB [EXTRA_JSON]: one scenario
+# row; with d0 set (db_ticks at its start) the row says what PostgreSQL used
 record() {
-  printf '{"id":"%s","name":"%s","chatbench":%s,"cpu_s":%s,"peak_rss_kb":%s%s}\n' \
-    "$1" "$2" "$(cat "$3")" "$(awk -v t="$4" -v k="$tck" 'BEGIN{printf "%.3f", t/k}')" "$5" "${6:-}" \
+  local db=""
+  if [ -n "${d0:-}" ]; then
+    db=$(awk -v t="$(( $(db_ticks) - d0 ))" -v k="$tck" 'BEGIN{printf ",\"db_cpu_s\":%.3f", t/k}')
+    d0=""
+  fi
+  printf '{"id":"%s","name":"%s","chatbench":%s,"cpu_s":%s,"peak_rss_kb":%s%s%s}\n' \
+    "$1" "$2" "$(cat "$3")" "$(awk -v t="$4" -v k="$tck" 'BEGIN{printf "%.3f", t/k}')" "$5" "$db" "${6:-}" \
     >>"$tmp/rows.jsonl"
 }
 # run_cb OUT ARGS...: chatbench with JSON output; its failures are reported, not fatal
 run_cb() { local out=$1; shift; "$CB" --json "$@" >"$out" || true; }
+# warm_cb ARGS...: the same load for BENCH_WARM seconds (2), not recorded, so
+# a row measures the steady state: the first turns on each pooled database
+# connection plan the statements and compile the limit function (tens of ms,
+# which made a 10 s row's p99 a measure of startup)
+warm_cb() { [ "${BENCH_WARM:-2}" = 0 ] || "$CB" "$@" -d "${BENCH_WARM:-2}s" >/dev/null 2>&1 || true; }
 # make_api_key PORT: registers a bench user, logs in, prints a new API key (or nothing)
 make_api_key() {
   local base="http://127.0.0.1:$1/api/v1" email="bench$$@example.test" pw="bench password 1" tok
@@ -124,18 +143,21 @@ echo "bench: $ncores cores, $(date -u +%F), chatloop workers = auto; this takes 
 if want 1; then
 echo "bench: (1) relay throughput" >&2
 start_chatloop "$fast_port" auto
-t0=$(cpu_ticks $workers)
+warm_cb --mode sse -c 256 -d "${S1_DUR}s" -t 100 --conversation-turns 10 "http://127.0.0.1:$cport/api/v1/chat"
+t0=$(cpu_ticks $workers); d0=$(db_ticks)
 run_cb "$tmp/s1.json" --mode sse -c 256 -d "${S1_DUR}s" -t 100 --conversation-turns 10 \
   "http://127.0.0.1:$cport/api/v1/chat"
 t1=$(cpu_ticks $workers)
 record 1 "relay: 256 SSE turns x 100 tokens (chat turns, PostgreSQL)" "$tmp/s1.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
-t0=$(cpu_ticks $workers)
+warm_cb --mode openai -c 256 -d "${S1_DUR}s" -t 100 "http://127.0.0.1:$cport/v1/chat/completions"
+t0=$(cpu_ticks $workers); d0=$(db_ticks)
 run_cb "$tmp/s1b.json" --mode openai -c 256 -d "${S1_DUR}s" -t 100 "http://127.0.0.1:$cport/v1/chat/completions"
 t1=$(cpu_ticks $workers)
 record 1b "same load on the /v1 pass-through (no PostgreSQL)" "$tmp/s1b.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
 stop_chatloop
 
 start_nginx_relay "$fast_port" "$ncores"
+warm_cb --mode openai -c 256 -d "${S1_DUR}s" -t 100 "http://127.0.0.1:$nport/v1/chat/completions"
 t0=$(cpu_ticks $nginx_workers)
 run_cb "$tmp/s1c.json" --mode openai -c 256 -d "${S1_DUR}s" -t 100 "http://127.0.0.1:$nport/v1/chat/completions"
 t1=$(cpu_ticks $nginx_workers)
@@ -148,7 +170,7 @@ fi
 if want 2; then
 echo "bench: (2) $S2_SESSIONS paced WebSocket streams" >&2
 start_chatloop "$paced_port" auto
-t0=$(cpu_ticks $workers)
+t0=$(cpu_ticks $workers); d0=$(db_ticks)
 run_cb "$tmp/s2.json" --mode ws -c "$S2_SESSIONS" -r "${S2_RAMP}s" -d "${S2_DUR}s" -t "$S2_TOKENS" \
   --conversation-turns 1000 --procs "$ncores" --timeout 120s "ws://127.0.0.1:$cport/ws/chat"
 t1=$(cpu_ticks $workers)
@@ -196,11 +218,13 @@ fi
 if want 4; then
 echo "bench: (4) time to first token at $S4_RATE turns/s" >&2
 start_chatloop "$fast_port" auto
-t0=$(cpu_ticks $workers)
+warm_cb --mode ws -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "ws://127.0.0.1:$cport/ws/chat"
+t0=$(cpu_ticks $workers); d0=$(db_ticks)
 run_cb "$tmp/s4.json" --mode ws -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "ws://127.0.0.1:$cport/ws/chat"
 t1=$(cpu_ticks $workers)
 record 4 "TTFT at $S4_RATE turns/s: WebSocket chat turns" "$tmp/s4.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
-t0=$(cpu_ticks $workers)
+warm_cb --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "http://127.0.0.1:$cport/v1/chat/completions"
+t0=$(cpu_ticks $workers); d0=$(db_ticks)
 run_cb "$tmp/s4b.json" --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "http://127.0.0.1:$cport/v1/chat/completions"
 t1=$(cpu_ticks $workers)
 record 4b "TTFT at $S4_RATE turns/s: /v1 pass-through" "$tmp/s4b.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
@@ -210,11 +234,13 @@ stop_chatloop
 start_chatloop "$fast_port" auto required
 key=$(make_api_key "$cport")
 if [ -n "$key" ]; then
-  t0=$(cpu_ticks $workers)
+  warm_cb --mode ws -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 --token "$key" "ws://127.0.0.1:$cport/ws/chat"
+  t0=$(cpu_ticks $workers); d0=$(db_ticks)
   run_cb "$tmp/s4k.json" --mode ws -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 --token "$key" "ws://127.0.0.1:$cport/ws/chat"
   t1=$(cpu_ticks $workers)
   record 4k "TTFT at $S4_RATE turns/s: WebSocket chat turns, API key" "$tmp/s4k.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
-  t0=$(cpu_ticks $workers)
+  warm_cb --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 --token "$key" "http://127.0.0.1:$cport/v1/chat/completions"
+  t0=$(cpu_ticks $workers); d0=$(db_ticks)
   run_cb "$tmp/s4bk.json" --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 --token "$key" "http://127.0.0.1:$cport/v1/chat/completions"
   t1=$(cpu_ticks $workers)
   record 4bk "TTFT at $S4_RATE turns/s: /v1 pass-through, API key" "$tmp/s4bk.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
@@ -222,6 +248,7 @@ else
   echo "bench: (4k) skipped: this chatloop makes no API keys" >&2
 fi
 stop_chatloop
+warm_cb --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "http://127.0.0.1:$fast_port/v1/chat/completions"
 run_cb "$tmp/s4d.json" --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "http://127.0.0.1:$fast_port/v1/chat/completions"
 record 4d "TTFT at $S4_RATE turns/s: straight to chatloop-mock" "$tmp/s4d.json" 0 0
 fi

@@ -156,6 +156,8 @@ static void usage_stored(void *ud, const cl_db_res *res)
         CL_ERROR("storing pass-through usage failed: %s", res->error ? res->error : "?");
 }
 
+/* With a place under max_turns_per_user held, the same statement gives it
+ * back (one write per request, not two); relay_free then has nothing to. */
 static void record_usage(relay *rl, const char *model, const cl_llm_usage *u)
 {
     cl_app *app = cl_app_current();
@@ -167,14 +169,21 @@ static void record_usage(relay *rl, const char *model, const cl_llm_usage *u)
     snprintf(t, sizeof t, "%lld", (long long)(u->prompt_tokens + u->completion_tokens));
     const char *params[] = {rl->user_id, rl->usage_key, model ? model : "", p, c, t,
                             u->present ? "false" : "true",
-                            rl->api_key_id[0] ? rl->api_key_id : NULL};
-    cl_db_exec(app->db,
-               "INSERT INTO usage_events (user_id, idempotency_key, model, prompt_tokens,"
-               " completion_tokens, total_tokens, estimated, source, api_key_id)"
-               " VALUES ($1::uuid, $2, $3, $4::int, $5::int, $6::int, $7::boolean, 'openai',"
-               " $8::uuid)"
-               " ON CONFLICT (idempotency_key) DO NOTHING",
-               8, params, CL_DB_DURABLE | CL_DB_PREPARED, usage_stored, NULL);
+                            rl->api_key_id[0] ? rl->api_key_id : NULL, rl->holder};
+#define SQL_INSERT_USAGE                                                                           \
+    "INSERT INTO usage_events (user_id, idempotency_key, model, prompt_tokens,"                    \
+    " completion_tokens, total_tokens, estimated, source, api_key_id)"                             \
+    " VALUES ($1::uuid, $2, $3, $4::int, $5::int, $6::int, $7::boolean, 'openai', $8::uuid)"      \
+    " ON CONFLICT (idempotency_key) DO NOTHING"
+    static const char sql[] = SQL_INSERT_USAGE;
+    static const char sql_release[] =
+        "WITH rl AS (UPDATE turn_slots SET lease = NULL"
+        " WHERE user_id = $1::uuid AND slot = $9::int AND lease = $2) " SQL_INSERT_USAGE;
+#undef SQL_INSERT_USAGE
+    int release = rl->leased;
+    cl_db_exec(app->db, release ? sql_release : sql, release ? 9 : 8, params,
+               CL_DB_DURABLE | CL_DB_PREPARED, usage_stored, NULL);
+    rl->leased = 0;
 }
 
 static void relay_abort(cl_req *r)

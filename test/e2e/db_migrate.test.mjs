@@ -27,7 +27,7 @@ async function migrated() {
   return db;
 }
 
-// Every table and column after the migrations (0001, 0002): "name type" with "!" for NOT NULL
+// Every table and column after the migrations (0001 .. 0003): "name type" with "!" for NOT NULL
 // (types as information_schema's udt_name).
 const SCHEMA = {
   schema_migrations: ['version int4!', 'name text!', 'applied_at timestamptz!'],
@@ -72,7 +72,8 @@ test('migrations apply to an empty database: every table, with its columns', asy
 
   const m = await db.query('SELECT version, name FROM schema_migrations');
   assert.deepEqual(m.rows, [{ version: 1, name: '0001_initial' },
-    { version: 2, name: '0002_keys_agents_limits' }]);
+    { version: 2, name: '0002_keys_agents_limits' },
+    { version: 3, name: '0003_limits_without_waits' }]);
 
   // The indexes the queries rely on.
   const idx = (await db.query(`SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'`)).rows;
@@ -93,7 +94,7 @@ test('a second run is a no-op', async () => {
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stderr, '');
   const after1 = await db.query('SELECT version, name, applied_at FROM schema_migrations');
-  assert.equal(after1.rows.length, 2);
+  assert.equal(after1.rows.length, 3);
   assert.deepEqual(after1.rows, before1.rows, 'nothing applied again');
 });
 
@@ -102,7 +103,7 @@ test('concurrent runs on one empty database all succeed, applying once (advisory
   const runs = await Promise.all([1, 2, 3, 4].map(() => migrate(db.url)));
   for (const r of runs) assert.equal(r.code, 0, `exit code; stderr: ${r.stderr}`);
   const m = await db.query('SELECT version FROM schema_migrations ORDER BY version');
-  assert.deepEqual(m.rows.map((x) => x.version), [1, 2], 'each migration applied once');
+  assert.deepEqual(m.rows.map((x) => x.version), [1, 2, 3], 'each migration applied once');
 });
 
 test('a version recorded under another name is refused and nothing is applied', async () => {

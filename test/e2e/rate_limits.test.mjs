@@ -11,6 +11,7 @@ import OpenAI from 'openai';
 import { makeTest, metrics, sleep } from './lib/server.mjs';
 import { startMock } from './lib/mock.mjs';
 import { checkOkEnvelope, stopAll } from './lib/llm.mjs';
+import pgLib from 'pg';
 import { startPg } from './lib/pg.mjs';
 import { api, eventually, newUser, openStream, startChatServer, streamTurn, uniqueEmail } from './lib/chat.mjs';
 import { connect, newSid } from './lib/ws.mjs';
@@ -288,5 +289,69 @@ test('the SQL functions themselves: a sharded bucket (high rates) admits exactly
   assert.equal(lapsed.allowed, true);
   assert.equal(lapsed.holder, '2');
   assert.equal((await pg.query('SELECT count(*)::int AS n FROM turn_slots WHERE user_id = $1', [v.userId])).rows[0].n, 3, 'never more places than the cap');
+  await stop(s);
+});
+
+test('a busy user\'s turns never wait for each other in the database: a shard or place another turn holds is passed over', async () => {
+  const s = await server(fast, {});
+  const u = await newUser(s.port);
+  const interval = Math.floor(60e6 / 12000); // 16 shards
+  const burst = interval * 12000;
+  const take = `SELECT * FROM chatloop_take_turn($1::uuid, $2::int, $3::int, 100, $4, 300)`;
+  const open = async () => {
+    const c = new pgLib.Client({ connectionString: pg.url });
+    await c.connect();
+    return c;
+  };
+  const a = await open();
+  const b = await open();
+  try {
+    await a.query(take, [u.userId, interval, burst, 'warm']); // the shards exist
+    await a.query('BEGIN');
+    const held = (await a.query(take, [u.userId, interval, burst, 'held'])).rows[0];
+    assert.equal(held.allowed, true);
+    // a wait for `a` would hit the timeout: each turn starts at a random shard
+    await b.query(`SET statement_timeout = '500ms'`);
+    for (let i = 0; i < 80; i++) {
+      const r = (await b.query(take, [u.userId, interval, burst, `b${i}`])).rows[0];
+      assert.equal(r.allowed, true);
+      assert.notEqual(r.holder, held.holder, 'the held place is passed over');
+      await b.query(`SELECT chatloop_end_turn($1::uuid, $2, $3)`, [u.userId, r.holder, `b${i}`]);
+    }
+  } finally {
+    await a.query('ROLLBACK').catch(() => {});
+    await a.end();
+    await b.end();
+  }
+  await stop(s);
+});
+
+test('one shard (an ordinary rate): a second turn of the same user waits for the first, then is judged on what it left', async () => {
+  const s = await server(fast, {});
+  const u = await newUser(s.port);
+  const interval = 1e6; // 60 a minute: one shard, a bucket of 2
+  const take = `SELECT * FROM chatloop_take_turn($1::uuid, $2::int, $3::int, 0, $4, 300)`;
+  const a = new pgLib.Client({ connectionString: pg.url });
+  const b = new pgLib.Client({ connectionString: pg.url });
+  await a.connect();
+  await b.connect();
+  try {
+    await a.query('BEGIN');
+    assert.equal((await a.query(take, [u.userId, interval, 2e6, 'a1'])).rows[0].allowed, true); // makes the shard
+    let settled = false;
+    const second = b.query(take, [u.userId, interval, 2e6, 'b1']).then((r) => { settled = true; return r.rows[0]; });
+    await sleep(200);
+    assert.equal(settled, false, 'waits for the turn that holds the shard');
+    assert.equal((await a.query(take, [u.userId, interval, 2e6, 'a2'])).rows[0].allowed, true);
+    await a.query('COMMIT');
+    const r = await second;
+    assert.equal(r.allowed, false, 'the bucket of 2 was spent by the first transaction');
+    assert.equal(r.which, 'turn_rate');
+    assert.ok(r.retry_after_ms > 0 && r.retry_after_ms <= 1000, `retry ${r.retry_after_ms}`);
+  } finally {
+    await a.query('ROLLBACK').catch(() => {});
+    await a.end();
+    await b.end();
+  }
   await stop(s);
 });
