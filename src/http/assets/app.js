@@ -152,7 +152,8 @@
       let text = (j && j.message) || `the server answered ${res.status}`;
       if (res.status === 429) {
         const d = (j && j.error && j.error.details) || {};
-        const secs = Number.isFinite(d.retry_after) ? d.retry_after : Number(res.headers.get('Retry-After'));
+        const header = res.headers.get('Retry-After');
+        const secs = Number.isFinite(d.retry_after) ? d.retry_after : header === null ? NaN : Number(header);
         if (Number.isFinite(secs)) text += ` — retry in ${secs} s`;
       }
       const err = new Error(text);
@@ -524,7 +525,9 @@
       }
     }
     ui.messages.scrollTop = ui.messages.scrollHeight;
-    if (c.agent_id && [...ui.agent.options].some((o) => o.value === c.agent_id)) ui.agent.value = c.agent_id;
+    // The picker shows the conversation's own agent (or none): a turn's
+    // agent_id would override the conversation's for that turn.
+    ui.agent.value = c.agent_id && [...ui.agent.options].some((o) => o.value === c.agent_id) ? c.agent_id : '';
     markCurrent();
     refreshControls();
     ui.question.focus();
