@@ -164,6 +164,11 @@ test('conversation list: newest first with Load more, reopen one (history, then 
     assert.equal(await page.locator('#messages > *').count(), 0, 'the deleted conversation left the view');
     assert.equal(await page.getAttribute(`#conversations li[data-id="${ids[20]}"] .delete`, 'aria-label'),
       'Delete conversation chat 21 <b>&amp;</b>', 'an accessible name, as text');
+
+    // logging out leaves nothing of this account in the page
+    await page.click('#logout');
+    await page.waitForSelector('#login-panel', { state: 'visible' });
+    assert.equal(await page.evaluate(() => document.querySelectorAll('#conversations li, #messages > *').length), 0);
     assert.deepEqual(problems, [], 'no console errors');
   } finally {
     await context.close();

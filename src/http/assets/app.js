@@ -168,7 +168,25 @@
     token = null;
     sessionStorage.removeItem(TOKEN_KEY);
     disconnect();
+    forgetUser();
     showLogin('Your session ended; please log in again.');
+  }
+
+  // Nothing of one account stays in the page for the next one to log in.
+  function forgetUser() {
+    clearConversation();
+    listSeq++; // a list still loading is the old account's
+    ui.conversations.replaceChildren();
+    ui.loadMore.hidden = true;
+    nextBefore = null;
+    ui.keys.replaceChildren();
+    const none = el('option', '', 'no agent');
+    none.value = '';
+    ui.agent.replaceChildren(none);
+    ui.agentForm.reset();
+    ui.agentCreate.open = false;
+    for (const e of [ui.conversationsError, ui.agentError, ui.keysError]) e.textContent = '';
+    view = 'chat';
   }
 
   function when(iso) {
@@ -214,7 +232,7 @@
     token = null;
     sessionStorage.removeItem(TOKEN_KEY);
     disconnect();
-    clearConversation();
+    forgetUser();
     showLogin();
   });
 
