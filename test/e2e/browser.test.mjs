@@ -5,16 +5,14 @@
 // and log in through the form). Against the real chatloop with its built-in
 // mock provider and a throwaway PostgreSQL. No console errors allowed.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { after, before } from 'node:test';
-import { chromium } from 'playwright-core';
+import { launchChromium, openPage as openPageAt, WAIT } from './lib/browser.mjs';
 import { get, makeTest, sleep, startServer, withTimeout } from './lib/server.mjs';
 import { startPg } from './lib/pg.mjs';
 
 // at least 32 bytes: chatloop refuses a shorter jwt_secret with auth = required
 const JWT_SECRET = 'browser-test-secret-0123456789abcdef';
 
-const CHROMIUM = process.env.CHATLOOP_CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = '/tmp/chatloop-browser.png';
 const CSP =
   "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'; " +
@@ -22,33 +20,14 @@ const CSP =
 const N = 30;
 const FULL = Array.from({ length: N }, (_, i) => `tok${i + 1}`).join(' ');
 const STREAM = { provider: 'mock', mockTokens: N, mockTokenInterval: '40ms', mockFirstToken: '0ms' };
-const WAIT = 10000; // the bound on every single wait in the page
 
 let pg, browser;
 let servers = [];
 const test = makeTest(() => servers);
 
 before(async () => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: scripts/deps.sh installs Debian's chromium`);
   pg = await startPg();
-  browser = await withTimeout(
-    chromium.launch({
-      executablePath: CHROMIUM,
-      timeout: 30000,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-        '--disable-quic',
-      ],
-    }),
-    40000,
-    'chromium launch',
-  );
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -67,21 +46,7 @@ async function server(opts) {
   return s;
 }
 
-/** A new page in its own context; collects console errors and page errors. */
-async function openPage(s) {
-  const context = await browser.newContext({ viewport: { width: 900, height: 700 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(WAIT);
-  page.setDefaultNavigationTimeout(WAIT);
-  const problems = [];
-  page.on('console', (m) => {
-    if (m.type() === 'error') problems.push(`console.error: ${m.text()}`);
-  });
-  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
-  const url = `http://127.0.0.1:${s.port}/`;
-  await page.goto(url, { waitUntil: 'load' });
-  return { context, page, problems, url };
-}
+const openPage = (s) => openPageAt(browser, s.port, { viewport: { width: 900, height: 700 } });
 
 const lastAnswer = (page) => page.locator('#messages .answer').last();
 

@@ -8,11 +8,10 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before } from 'node:test';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './lib/browser.mjs';
 import { makeTest, startServer, withTimeout } from './lib/server.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const CHROMIUM = process.env.CHATLOOP_CHROMIUM || '/usr/bin/chromium';
 const DOCS_DIR = process.env.CHATLOOP_DOCS_DIR || path.resolve(here, '../../var/docs');
 const WAIT = 15000;
 
@@ -21,21 +20,11 @@ let servers = [];
 const test = makeTest(() => servers);
 
 before(async () => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: scripts/deps.sh installs Debian's chromium`);
   assert.ok(
     existsSync(path.join(DOCS_DIR, 'swagger-ui-bundle.js')),
     `Swagger UI is missing from ${DOCS_DIR}: run make docs (scripts/docs-assets.sh)`,
   );
-  browser = await withTimeout(
-    chromium.launch({
-      executablePath: CHROMIUM,
-      timeout: 30000,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
-    }),
-    40000,
-    'chromium launch',
-  );
+  browser = await launchChromium();
 });
 
 after(async () => {
