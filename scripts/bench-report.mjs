@@ -59,6 +59,7 @@ if (s4d) {
   const added = (r) => r && { p50: r.chatbench.latency_ms.ttft.p50 - d.p50, p99: r.chatbench.latency_ms.ttft.p99 - d.p99 };
   if (byId['4k']) summary.ttft_added_ms_ws_api_key = added(byId['4k']);
   if (byId['4bk']) summary.ttft_added_ms_passthrough_api_key = added(byId['4bk']);
+  if (byId['4u']) summary.ttft_added_ms_ws_many_users = added(byId['4u']);
 }
 
 const date = new Date().toISOString();
@@ -77,5 +78,7 @@ if (summary.ttft_added_ms_ws)
   console.log(`(4) added time to first token: WebSocket turns ${pp(summary.ttft_added_ms_ws)}; pass-through ${pp(summary.ttft_added_ms_passthrough)} (goal p99 <= 0.5 ms)`);
 if (summary.ttft_added_ms_ws_api_key)
   console.log(`(4k) the same with an API key: WebSocket turns ${pp(summary.ttft_added_ms_ws_api_key)}; pass-through ${pp(summary.ttft_added_ms_passthrough_api_key)}`);
+if (summary.ttft_added_ms_ws_many_users)
+  console.log(`(4u) the same spread over many users: WebSocket turns ${pp(summary.ttft_added_ms_ws_many_users)}`);
 writeFileSync(outFile, JSON.stringify({ date, cores: Number(cores), seconds: Number(seconds), rows, summary }, null, 2) + '\n');
 console.log(`\nwritten: ${outFile}`);

@@ -20,7 +20,8 @@
 # measure another chatloop binary with its own config file (an A/B run
 # against an older build, with this checkout's chatbench and mocks).
 # BENCH_WARM: seconds of unrecorded load before each row of (1) and (4)
-# (default 2; 0: none). BENCH_LIMITS: the rate-limit flags (default: limits on but never reached,
+# (default 2; 0: none). S4_USERS: users of row (4u) (400).
+# BENCH_LIMITS: the rate-limit flags (default: limits on but never reached,
 # so every turn pays for the check; "--rate-limit-per-minute 0
 # --max-turns-per-user 0" measures without; "" for a binary that predates them).
 set -euo pipefail
@@ -50,6 +51,9 @@ CHATLOOP=${BENCH_CHATLOOP:-./build/chatloop}
 CONF=${BENCH_CONF:-conf/chatloop.conf}
 ONLY=${BENCH_ONLY:-1 2 3 4}
 LIMITS=${BENCH_LIMITS---rate-limit-per-minute 1000000 --max-turns-per-user 100000 --auth-rate-limit-per-minute 0}
+# (4u) spreads the turns over S4_USERS users, each well under an ordinary limit
+S4_USERS=${S4_USERS:-400}
+LIMITS_MANY=${BENCH_LIMITS---rate-limit-per-minute 600 --max-turns-per-user 8 --auth-rate-limit-per-minute 0}
 want() { case " $ONLY " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # ---- PostgreSQL, two mocks ---------------------------------------------------------
@@ -83,7 +87,7 @@ start_chatloop() { # MOCKPORT WORKERS [AUTH]
     --listen "127.0.0.1:$cport" --workers "$2" --base-url "http://127.0.0.1:$1/v1" --auth "${3:-off}" \
     --kdf-iterations 1000 \
     --access-log off --log-level warn --max-connections 200000 --backlog 4096 \
-    --db-pool-size 8 $LIMITS 2>>"$tmp/chatloop.log" &
+    --db-pool-size 8 ${ROW_LIMITS-$LIMITS} 2>>"$tmp/chatloop.log" &
   sup=$!
   wait_http "$cport" /health
   sleep 0.3
@@ -126,6 +130,16 @@ run_cb() { local out=$1; shift; "$CB" --json "$@" >"$out" || true; }
 # connection plan the statements and compile the limit function (tens of ms,
 # which made a 10 s row's p99 a measure of startup)
 warm_cb() { [ "${BENCH_WARM:-2}" = 0 ] || "$CB" "$@" -d "${BENCH_WARM:-2}s" >/dev/null 2>&1 || true; }
+# make_users PORT N FILE: registers N bench users and writes their access
+# tokens to FILE, one per line (8 at a time; the KDF is cheap in the bench)
+make_users() {
+  local base="http://127.0.0.1:$1/api/v1"
+  seq "$2" | xargs -P 8 -I{} sh -c '
+    b=$1; e="many$$-{}@example.test"; d="{\"email\":\"$e\",\"password\":\"bench password 1\"}"
+    curl -s -o /dev/null -H "content-type: application/json" -d "$d" "$b/auth/register"
+    curl -s -H "content-type: application/json" -d "$d" "$b/auth/login" |
+      sed -n "s/.*\"access_token\":\"\([^\"]*\)\".*/\1/p"' _ "$base" >"$3" || true
+}
 # make_api_key PORT: registers a bench user, logs in, prints a new API key (or nothing)
 make_api_key() {
   local base="http://127.0.0.1:$1/api/v1" email="bench$$@example.test" pw="bench password 1" tok
@@ -246,6 +260,20 @@ if [ -n "$key" ]; then
   record 4bk "TTFT at $S4_RATE turns/s: /v1 pass-through, API key" "$tmp/s4bk.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
 else
   echo "bench: (4k) skipped: this chatloop makes no API keys" >&2
+fi
+stop_chatloop
+# the same turns spread over many users (JWT), each far below an ordinary
+# limit: what the check costs when no user is hot
+ROW_LIMITS=$LIMITS_MANY start_chatloop "$fast_port" auto required
+make_users "$cport" "$S4_USERS" "$tmp/tokens"
+if [ "$(grep -c . "$tmp/tokens")" = "$S4_USERS" ]; then
+  warm_cb --mode ws -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 --token-file "$tmp/tokens" "ws://127.0.0.1:$cport/ws/chat"
+  t0=$(cpu_ticks $workers); d0=$(db_ticks)
+  run_cb "$tmp/s4u.json" --mode ws -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 --token-file "$tmp/tokens" "ws://127.0.0.1:$cport/ws/chat"
+  t1=$(cpu_ticks $workers)
+  record 4u "TTFT at $S4_RATE turns/s: WebSocket chat turns, $S4_USERS users" "$tmp/s4u.json" $((t1 - t0)) "$(mem_kb VmHWM $workers)"
+else
+  echo "bench: (4u) skipped: $(grep -c . "$tmp/tokens") of $S4_USERS users could log in" >&2
 fi
 stop_chatloop
 warm_cb --mode openai -c 400 -R "$S4_RATE" -d "${S4_DUR}s" -t 20 "http://127.0.0.1:$fast_port/v1/chat/completions"

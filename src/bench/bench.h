@@ -148,6 +148,8 @@ typedef struct cb_options {
     const char *question;
     const char *model;
     const char *token;          /* bearer JWT */
+    char **token_list;          /* --token-file: session i uses [i % ntoken_list] */
+    int ntoken_list;
     const char *headers[CB_MAX_HEADERS];
     int nheaders;
     uint32_t sources[CB_MAX_SOURCES]; /* network order; 0 sources = kernel's choice */

@@ -58,6 +58,8 @@ static void usage(FILE *f)
 "      --model NAME          model to ask for (openai default llama-3.3-70b-versatile;\n"
 "                            ws/sse: the server's default unless given)\n"
 "      --token JWT           bearer token (ws: sent as ?token=)\n"
+"      --token-file FILE     one bearer token per line; session i uses line i mod n\n"
+"                            (many users at once: what a per-user limit costs)\n"
 "      --login EMAIL:PASSWORD  before the run, register that user (if new) and log in\n"
 "                            over /api/v1/auth, then use its token: for servers with\n"
 "                            auth = required, e.g. a default `make run`\n"
@@ -235,6 +237,55 @@ static int write_all(int fd, const void *p, size_t n)
     return 0;
 }
 
+/* --token-file: one token per line (blank lines skipped), at most
+ * CB_MAX_TOKEN_LINES of at most 4 KiB each. 0, or -1 after saying why. */
+#define CB_MAX_TOKEN_LINES 100000
+static int read_tokens(const char *path, cb_options *o)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "chatbench: --token-file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[4096];
+    int rc = 0;
+    while (fgets(line, sizeof line, f)) {
+        size_t n = strcspn(line, "\r\n");
+        if (line[n] == '\0' && !feof(f)) {
+            fprintf(stderr, "chatbench: --token-file %s: a line longer than %zu bytes\n", path,
+                    sizeof line - 1);
+            rc = -1;
+            break;
+        }
+        line[n] = '\0';
+        if (!n)
+            continue;
+        if (o->ntoken_list >= CB_MAX_TOKEN_LINES) {
+            fprintf(stderr, "chatbench: --token-file %s: more than %d tokens\n", path,
+                    CB_MAX_TOKEN_LINES);
+            rc = -1;
+            break;
+        }
+        char **grown = realloc(o->token_list, (size_t)(o->ntoken_list + 1) * sizeof *grown);
+        char *copy = strdup(line);
+        if (!grown || !copy) {
+            free(copy);
+            if (grown)
+                o->token_list = grown;
+            rc = -1;
+            break;
+        }
+        o->token_list = grown;
+        o->token_list[o->ntoken_list++] = copy;
+    }
+    fclose(f);
+    if (rc == 0 && o->ntoken_list == 0) {
+        fprintf(stderr, "chatbench: --token-file %s: no tokens\n", path);
+        rc = -1;
+    }
+    return rc;
+}
+
 /* Runs the sessions over o->procs processes and merges their stats. */
 static int run_procs(const cb_options *o, cb_stats *total)
 {
@@ -307,6 +358,7 @@ int main(int argc, char **argv)
     const char *url = NULL;
     const char *login = NULL;
     char *login_token = NULL;
+    const char *token_file = NULL;
     int duration_set = 0;
 
     for (int i = 1; i < argc; i++) {
@@ -397,6 +449,9 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--token") == 0) {
             VALUE();
             o.token = v;
+        } else if (strcmp(a, "--token-file") == 0) {
+            VALUE();
+            token_file = v;
         } else if (strcmp(a, "--login") == 0) {
             VALUE();
             login = v;
@@ -464,6 +519,8 @@ int main(int argc, char **argv)
             return 1;
         o.token = login_token;
     }
+    if (token_file && read_tokens(token_file, &o) != 0)
+        return 2;
 
     cl_raise_fd_limit();
     struct rlimit rl;
@@ -496,5 +553,8 @@ int main(int argc, char **argv)
                  (o.idle && st->conns_ok == 0);
     free(st);
     free(login_token);
+    for (int i = 0; i < o.ntoken_list; i++)
+        free(o.token_list[i]);
+    free(o.token_list);
     return failed ? 1 : 0;
 }

@@ -438,13 +438,20 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     b->len = sizeof rbuf;
 }
 
+/* The session's bearer token: its line of --token-file, else --token. */
+static const char *session_token(const cb_session *s, const cb_options *o)
+{
+    return o->ntoken_list ? o->token_list[s->index % o->ntoken_list] : o->token;
+}
+
 static void write_handshake(cb_session *s)
 {
     const cb_options *o = cb_run_options(s->run);
     cl_buf *b = &s->out;
     cl_buf_printf(b, "GET %s", o->path);
-    if (o->token)
-        cl_buf_printf(b, "%ctoken=%s", strchr(o->path, '?') ? '&' : '?', o->token);
+    const char *token = session_token(s, o);
+    if (token)
+        cl_buf_printf(b, "%ctoken=%s", strchr(o->path, '?') ? '&' : '?', token);
     cl_buf_printf(b,
                   " HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
@@ -593,8 +600,9 @@ static void send_turn(cb_session *s)
                       "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
                       "Accept: text/event-stream\r\nContent-Length: %zu\r\n",
                       o->path, o->host, o->port, body.len);
-        if (o->token)
-            cl_buf_printf(b, "Authorization: Bearer %s\r\n", o->token);
+        const char *token = session_token(s, o);
+        if (token)
+            cl_buf_printf(b, "Authorization: Bearer %s\r\n", token);
         for (int i = 0; i < o->nheaders; i++)
             cl_buf_printf(b, "%s\r\n", o->headers[i]);
         cl_buf_append_str(b, "\r\n");

@@ -9,14 +9,15 @@
 // few seconds), every process is stopped in after(), only 127.0.0.1.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { HOST, freePort, makeTest, serverEnv } from './lib/server.mjs';
 import { startMock } from './lib/mock.mjs';
 import { startPg } from './lib/pg.mjs';
-import { startChatServer } from './lib/chat.mjs';
+import { newUser, startChatServer } from './lib/chat.mjs';
 import { stopAll } from './lib/llm.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -197,7 +198,7 @@ test('--help exits 0 and documents every flag; each flag is accepted', async () 
     '-n': '5', '--turns': '5', '-r': '1s', '--ramp-up': '0', '-R': '10', '--rate': '0.5', '--think': '10ms', '-t': '7',
     '--tokens': '7', '--conversation-turns': '2', '-q': 'hi', '--question': 'hi', '--model': 'm', '--token': 'jwt',
     '-H': 'X-A: 1', '--header': 'X-B: 2', '-s': '127.0.0.1', '--source': '127.0.0.1-127.0.0.2', '--timeout': '2s',
-    '-p': '2', '--procs': '2',
+    '-p': '2', '--procs': '2', '--token-file': tokenFile(['jwt']),
   };
   for (const [f, val] of Object.entries(values)) {
     const x = await bench([f, val, '--help']);
@@ -540,6 +541,47 @@ test('auth required: no token → HANDSHAKE 401 with a hint; --login registers, 
     const bad = await bench(['--json', '--login', 'bench@example.com:not the password', '-c', '1', '-n', '1', ws]);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /--login: logging in answered HTTP 401/);
+  } finally {
+    await stopAll(authed);
+  }
+});
+
+/** A file of bearer tokens, one per line, removed with the test's directory. */
+function tokenFile(lines) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'chatbench-tokens-'));
+  tokenDirs.push(dir);
+  const f = path.join(dir, 'tokens');
+  writeFileSync(f, lines.join('\n') + '\n');
+  return f;
+}
+const tokenDirs = [];
+after(() => {
+  for (const d of tokenDirs) rmSync(d, { recursive: true, force: true });
+});
+
+test('--token-file: the sessions take turns as the users of its lines (session i, line i mod n); a missing or empty file is a usage error', async () => {
+  const authed = await startChatServer(mock, pg, { retries: 0 });
+  try {
+    const users = [];
+    for (let i = 0; i < 3; i++) users.push(await newUser(authed.port));
+    const file = tokenFile(['', ...users.map((u) => u.token), '']);
+    const ws = `ws://${HOST}:${authed.port}/ws/chat`;
+    const j = await benchJson(['--token-file', file, '--mode', 'ws', '-c', '6', '-n', '12', '-t', '10', ws], 0);
+    assert.equal(j.turns_ok, 12);
+    const per = await pg.query(
+      `SELECT user_id::text AS u, count(*)::int AS n FROM messages WHERE role = 'user' AND user_id = ANY($1::uuid[]) GROUP BY 1`,
+      [users.map((u) => u.userId)]);
+    assert.equal(per.rows.length, 3, 'every user had turns');
+    assert.equal(per.rows.reduce((a, r) => a + r.n, 0), 12);
+    const sse = await benchJson(['--token-file', file, '--mode', 'sse', '-c', '3', '-n', '6', '-t', '10', `http://${HOST}:${authed.port}/api/v1/chat`], 0);
+    assert.equal(sse.turns_ok, 6);
+
+    const missing = await bench(['--token-file', path.join(tmpdir(), 'no-such-chatbench-tokens'), '-n', '1', ws]);
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /--token-file .*no-such-chatbench-tokens/);
+    const empty = await bench(['--token-file', tokenFile(['', '']), '-n', '1', ws]);
+    assert.equal(empty.code, 2);
+    assert.match(empty.stderr, /no tokens/);
   } finally {
     await stopAll(authed);
   }
