@@ -131,14 +131,20 @@ run_cb() { local out=$1; shift; "$CB" --json "$@" >"$out" || true; }
 # which made a 10 s row's p99 a measure of startup)
 warm_cb() { [ "${BENCH_WARM:-2}" = 0 ] || "$CB" "$@" -d "${BENCH_WARM:-2}s" >/dev/null 2>&1 || true; }
 # make_users PORT N FILE: registers N bench users and writes their access
-# tokens to FILE, one per line (8 at a time; the KDF is cheap in the bench)
+# tokens to FILE, one per line (8 at a time, each tried a few times; the
+# KDF is cheap in the bench)
 make_users() {
   local base="http://127.0.0.1:$1/api/v1"
   seq "$2" | xargs -P 8 -I{} sh -c '
     b=$1; e="many$$-{}@example.test"; d="{\"email\":\"$e\",\"password\":\"bench password 1\"}"
-    curl -s -o /dev/null -H "content-type: application/json" -d "$d" "$b/auth/register"
-    curl -s -H "content-type: application/json" -d "$d" "$b/auth/login" |
-      sed -n "s/.*\"access_token\":\"\([^\"]*\)\".*/\1/p"' _ "$base" >"$3" || true
+    for try in 1 2 3 4 5; do
+      curl -s -o /dev/null -H "content-type: application/json" -d "$d" "$b/auth/register"
+      t=$(curl -s -H "content-type: application/json" -d "$d" "$b/auth/login" |
+        sed -n "s/.*\"access_token\":\"\([^\"]*\)\".*/\1/p")
+      [ -n "$t" ] && { echo "$t"; exit 0; }
+      sleep 0.2
+    done
+    echo "bench: user $e could not log in" >&2' _ "$base" >"$3" || true
 }
 # make_api_key PORT: registers a bench user, logs in, prints a new API key (or nothing)
 make_api_key() {
