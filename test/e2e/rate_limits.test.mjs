@@ -355,3 +355,21 @@ test('one shard (an ordinary rate): a second turn of the same user waits for the
   }
   await stop(s);
 });
+
+test('a turn the rate refuses gives back the place it took in the same statement: nothing of it is left', async () => {
+  const s = await server(fast, {});
+  const u = await newUser(s.port);
+  const take = (lease) =>
+    pg.query(`SELECT * FROM chatloop_take_turn($1::uuid, 1000000, 1000000, 3, $2, 300)`, [u.userId, lease]).then((r) => r.rows[0]);
+  const first = await take('first');
+  assert.equal(first.allowed, true);
+  for (let i = 0; i < 3; i++) {
+    const r = await take(`refused-${i}`);
+    assert.equal(r.allowed, false);
+    assert.equal(r.which, 'turn_rate');
+    assert.equal(r.holder, null);
+  }
+  const held = await pg.query('SELECT slot, lease FROM turn_slots WHERE user_id = $1 AND lease IS NOT NULL', [u.userId]);
+  assert.deepEqual(held.rows, [{ slot: Number(first.holder), lease: 'first' }], 'only the allowed turn holds a place');
+  await stop(s);
+});
