@@ -78,6 +78,7 @@ int cl_auth_routes(cl_router *r);
 int cl_conversation_routes(cl_router *r);
 int cl_key_routes(cl_router *r);         /* keys.c: /api/v1/keys */
 int cl_agent_routes(cl_router *r);       /* agents.c: /api/v1/agents */
+int cl_task_routes(cl_router *r);        /* tasks.c: /api/v1/tasks */
 int cl_chat_routes(cl_router *r);
 int cl_ws_routes(cl_router *r);
 int cl_llm_routes(cl_router *r);

@@ -9,6 +9,7 @@ static int (*const features[])(cl_router *r) = {
     cl_conversation_routes, /* /api/v1/conversations..., /api/v1/usage */
     cl_key_routes,          /* /api/v1/keys */
     cl_agent_routes,        /* /api/v1/agents... */
+    cl_task_routes,         /* /api/v1/tasks... */
     cl_chat_routes,         /* the turn over REST and SSE */
     cl_ws_routes,           /* /ws/chat */
     cl_static_routes,       /* GET / (the browser client) and its files */

@@ -488,10 +488,33 @@ static const char m0003_limits_without_waits[] =
     "    END IF;\n"
     "END $$;\n";
 
+/* Issue 12, tasks as the API and the tools speak of them: pending or
+ * completed (when it was completed kept), and a number per user that the
+ * task tools use as task_id. */
+static const char m0004_task_numbers[] =
+    "ALTER TABLE tasks DROP CONSTRAINT tasks_status_check;\n"
+    "UPDATE tasks SET status = CASE status WHEN 'done' THEN 'completed' ELSE 'pending' END;\n"
+    "ALTER TABLE tasks ALTER COLUMN status SET DEFAULT 'pending';\n"
+    "ALTER TABLE tasks ADD CONSTRAINT tasks_status_check CHECK (status IN ('pending', 'completed'));\n"
+    "ALTER TABLE tasks ADD COLUMN completed_at timestamptz;\n"
+    "UPDATE tasks SET completed_at = updated_at WHERE status = 'completed';\n"
+    "ALTER TABLE tasks ADD COLUMN number int;\n"
+    "UPDATE tasks t SET number = n.rn FROM (SELECT id, row_number() OVER\n"
+    "    (PARTITION BY user_id ORDER BY created_at, id) AS rn FROM tasks) n WHERE n.id = t.id;\n"
+    "ALTER TABLE tasks ALTER COLUMN number SET NOT NULL;\n"
+    "CREATE UNIQUE INDEX tasks_user_number_key ON tasks (user_id, number);\n"
+    "-- the last number each user's tasks were given: numbers are not reused\n"
+    "CREATE TABLE task_numbers (\n"
+    "    user_id uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,\n"
+    "    last    int NOT NULL\n"
+    ");\n"
+    "INSERT INTO task_numbers (user_id, last) SELECT user_id, max(number) FROM tasks GROUP BY user_id;\n";
+
 const cl_migration cl_migrations[] = {
     { 1, "0001_initial", m0001_initial },
     { 2, "0002_keys_agents_limits", m0002_keys_agents_limits },
     { 3, "0003_limits_without_waits", m0003_limits_without_waits },
+    { 4, "0004_task_numbers", m0004_task_numbers },
 };
 
 const size_t cl_migration_count = sizeof cl_migrations / sizeof cl_migrations[0];

@@ -27,7 +27,7 @@ async function migrated() {
   return db;
 }
 
-// Every table and column after the migrations (0001 .. 0003): "name type" with "!" for NOT NULL
+// Every table and column after the migrations (0001 .. 0004): "name type" with "!" for NOT NULL
 // (types as information_schema's udt_name).
 const SCHEMA = {
   schema_migrations: ['version int4!', 'name text!', 'applied_at timestamptz!'],
@@ -47,7 +47,9 @@ const SCHEMA = {
     'total_tokens int4!', 'estimated bool!', 'source text!', 'created_at timestamptz!',
     'api_key_id uuid'],
   tasks: ['id uuid!', 'user_id uuid!', 'title text!', 'description text', 'status text!',
-    'due_at timestamptz', 'created_at timestamptz!', 'updated_at timestamptz!'],
+    'due_at timestamptz', 'created_at timestamptz!', 'updated_at timestamptz!', 'completed_at timestamptz',
+    'number int4!'],
+  task_numbers: ['user_id uuid!', 'last int4!'],
   documents: ['id uuid!', 'user_id uuid!', 'title text!', 'collection text!', 'content text!',
     'created_at timestamptz!'],
   document_chunks: ['id int8!', 'document_id uuid!', 'user_id uuid!', 'collection text!', 'seq int4!',
@@ -73,7 +75,8 @@ test('migrations apply to an empty database: every table, with its columns', asy
   const m = await db.query('SELECT version, name FROM schema_migrations');
   assert.deepEqual(m.rows, [{ version: 1, name: '0001_initial' },
     { version: 2, name: '0002_keys_agents_limits' },
-    { version: 3, name: '0003_limits_without_waits' }]);
+    { version: 3, name: '0003_limits_without_waits' },
+    { version: 4, name: '0004_task_numbers' }]);
 
   // The indexes the queries rely on.
   const idx = (await db.query(`SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'`)).rows;
@@ -94,7 +97,7 @@ test('a second run is a no-op', async () => {
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stderr, '');
   const after1 = await db.query('SELECT version, name, applied_at FROM schema_migrations');
-  assert.equal(after1.rows.length, 3);
+  assert.equal(after1.rows.length, 4);
   assert.deepEqual(after1.rows, before1.rows, 'nothing applied again');
 });
 
@@ -103,7 +106,7 @@ test('concurrent runs on one empty database all succeed, applying once (advisory
   const runs = await Promise.all([1, 2, 3, 4].map(() => migrate(db.url)));
   for (const r of runs) assert.equal(r.code, 0, `exit code; stderr: ${r.stderr}`);
   const m = await db.query('SELECT version FROM schema_migrations ORDER BY version');
-  assert.deepEqual(m.rows.map((x) => x.version), [1, 2, 3], 'each migration applied once');
+  assert.deepEqual(m.rows.map((x) => x.version), [1, 2, 3, 4], 'each migration applied once');
 });
 
 test('a version recorded under another name is refused and nothing is applied', async () => {
@@ -214,7 +217,7 @@ test('the schema keeps rows with their user and cascades deletes', async () => {
   const u = (await q('SELECT user_id, conversation_id FROM usage_events')).rows;
   assert.deepEqual(u, [{ user_id: a, conversation_id: null }]);
   // Deleting a user deletes everything of theirs and nothing of anyone else's.
-  await q(`INSERT INTO tasks (user_id, title) VALUES ($1, 'x'), ($2, 'y')`, [a, b]);
+  await q(`INSERT INTO tasks (user_id, number, title) VALUES ($1, 1, 'x'), ($2, 1, 'y')`, [a, b]);
   await q(`INSERT INTO api_keys (user_id, key_hash, prefix) VALUES ($1, repeat('a', 64), 'cl_a')`, [a]);
   await assert.rejects(q(`INSERT INTO api_keys (user_id, key_hash, prefix) VALUES ($1, 'plain-key', 'p')`, [a]),
     { code: '23514' }, 'api keys are stored as sha256 hex');
