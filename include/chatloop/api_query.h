@@ -37,4 +37,14 @@ void cl_api_not_found(cl_req *r, const char *noun);
  *  id, noun and removed set: {id, <removed>: true}, or 404 when no row. */
 void cl_api_removed(void *ud, const cl_db_res *res);
 
+/** `status` (400, 409) INVALID_REQUEST with details {"field": field}; field
+ *  is escaped, so it may be a short key of the client's. */
+void cl_api_field_error(cl_req *r, int status, const char *field, const char *message);
+
+/** The answer to a list query that fetched one row more than the page
+ *  (limit in p->a, offset in p->b): {"<key>": [column 0 of each row, JSON
+ *  text], "next_offset": offset + limit, or null on the last page}. `what`
+ *  names the query in an error answer ("list agents"). */
+void cl_api_page_reply(void *ud, const cl_db_res *res, const char *key, const char *what);
+
 #endif

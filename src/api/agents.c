@@ -27,7 +27,6 @@
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/json_body.h"
-#include "chatloop/jsonw.h"
 #include "chatloop/query_args.h"
 #include "chatloop/router.h"
 #include "chatloop/turn.h"
@@ -59,23 +58,9 @@ static const char *const fields[] = {"name",  "system_prompt",    "model", "temp
 #define FIELD_LIST "name, system_prompt, model, temperature, max_tokens, top_p, " \
                    "reasoning_effort, k, collection, tools"
 
-/* `field` is one of fields[] or a short key of the client's: escaped. */
-static void field_error_status(cl_req *r, int status, const char *field, const char *message)
-{
-    cl_buf d;
-    cl_buf_init(&d, 0);
-    cl_buf_append_str(&d, "{\"field\":");
-    cl_jsonw_cstr(&d, field);
-    cl_buf_append_char(&d, '}');
-    const char *details = cl_buf_cstr(&d);
-    cl_api_error_status(r, status, CL_ERR_INVALID_REQUEST, message, details ? details : "{}",
-                        NULL);
-    cl_buf_release(&d);
-}
-
 static void field_error(cl_req *r, const char *field, const char *message)
 {
-    field_error_status(r, 400, field, message);
+    cl_api_field_error(r, 400, field, message);
 }
 
 /* ---- validation ------------------------------------------------------------------ */
@@ -147,7 +132,7 @@ static void written(cl_req *r, const cl_db_res *res, int status, const char *wha
         /* the only unique index a write can hit is (user_id, name) (the
          * id is a fresh v4 UUID) */
         if (strcmp(res->sqlstate, "23505") == 0)
-            field_error_status(r, 409, "name", "you already have an agent with this name");
+            cl_api_field_error(r, 409, "name", "you already have an agent with this name");
         else
             cl_db_error_reply(r, res, what);
         return;
@@ -256,35 +241,7 @@ static const char SQL_LIST[] =
 
 static void listed(void *ud, const cl_db_res *res)
 {
-    cl_api_query *p = ud;
-    int limit = p->a, offset = p->b;
-    cl_req *r = cl_req_resume(p);
-    if (!res->ok) {
-        cl_db_error_reply(r, res, "list agents");
-        return;
-    }
-    int n = cl_db_rows(res);
-    int shown = n > limit ? limit : n;
-    cl_buf b;
-    cl_buf_init(&b, 0);
-    cl_buf_append_str(&b, "{\"agents\":[");
-    for (int i = 0; i < shown; i++) {
-        if (i)
-            cl_buf_append_char(&b, ',');
-        cl_buf_append_str(&b, cl_db_get(res, i, 0));
-    }
-    cl_buf_append_str(&b, "],\"next_offset\":");
-    if (n > limit)
-        cl_buf_printf(&b, "%d", offset + limit);
-    else
-        cl_buf_append_str(&b, "null");
-    cl_buf_append_char(&b, '}');
-    const char *data = cl_buf_cstr(&b);
-    if (data)
-        cl_api_ok(r, 200, "agents", data);
-    else
-        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
-    cl_buf_release(&b);
+    cl_api_page_reply(ud, res, "agents", "list agents");
 }
 
 static void agent_list(cl_req *r)

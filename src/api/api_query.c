@@ -6,6 +6,8 @@
 #include "chatloop/api.h"
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
+#include "chatloop/buf.h"
+#include "chatloop/jsonw.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -67,4 +69,50 @@ void cl_api_removed(void *ud, const cl_db_res *res)
     snprintf(data, sizeof data, "{\"id\":\"%s\",\"%s\":true}", id, removed); /* a checked UUID */
     snprintf(what, sizeof what, "%s %s", noun, removed);
     cl_api_ok(r, 200, what, data);
+}
+
+void cl_api_field_error(cl_req *r, int status, const char *field, const char *message)
+{
+    cl_buf d;
+    cl_buf_init(&d, 0);
+    cl_buf_append_str(&d, "{\"field\":");
+    cl_jsonw_cstr(&d, field);
+    cl_buf_append_char(&d, '}');
+    const char *details = cl_buf_cstr(&d);
+    cl_api_error_status(r, status, CL_ERR_INVALID_REQUEST, message, details ? details : "{}",
+                        NULL);
+    cl_buf_release(&d);
+}
+
+void cl_api_page_reply(void *ud, const cl_db_res *res, const char *key, const char *what)
+{
+    cl_api_query *p = ud;
+    int limit = p->a, offset = p->b;
+    cl_req *r = cl_req_resume(p);
+    if (!res->ok) {
+        cl_db_error_reply(r, res, what);
+        return;
+    }
+    int n = cl_db_rows(res);
+    int shown = n > limit ? limit : n;
+    cl_buf b;
+    cl_buf_init(&b, 0);
+    cl_buf_printf(&b, "{\"%s\":[", key);
+    for (int i = 0; i < shown; i++) {
+        if (i)
+            cl_buf_append_char(&b, ',');
+        cl_buf_append_str(&b, cl_db_get(res, i, 0));
+    }
+    cl_buf_append_str(&b, "],\"next_offset\":");
+    if (n > limit)
+        cl_buf_printf(&b, "%d", offset + limit);
+    else
+        cl_buf_append_str(&b, "null");
+    cl_buf_append_char(&b, '}');
+    const char *data = cl_buf_cstr(&b);
+    if (data)
+        cl_api_ok(r, 200, key, data);
+    else
+        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
+    cl_buf_release(&b);
 }

@@ -20,7 +20,6 @@
 #include "chatloop/app.h"
 #include "chatloop/auth.h"
 #include "chatloop/json_body.h"
-#include "chatloop/jsonw.h"
 #include "chatloop/query_args.h"
 #include "chatloop/router.h"
 #include "chatloop/tasks.h"
@@ -46,14 +45,7 @@
 
 static void field_error(cl_req *r, const char *field, const char *message)
 {
-    cl_buf d;
-    cl_buf_init(&d, 0);
-    cl_buf_append_str(&d, "{\"field\":");
-    cl_jsonw_cstr(&d, field);
-    cl_buf_append_char(&d, '}');
-    const char *details = cl_buf_cstr(&d);
-    cl_api_error(r, CL_ERR_INVALID_REQUEST, message, details ? details : "{}", NULL);
-    cl_buf_release(&d);
+    cl_api_field_error(r, 400, field, message);
 }
 
 /* ---- validation (shared with the task tools) ---------------------------------------- */
@@ -211,35 +203,7 @@ static const char SQL_LIST[] =
 
 static void listed(void *ud, const cl_db_res *res)
 {
-    cl_api_query *p = ud;
-    int limit = p->a, offset = p->b;
-    cl_req *r = cl_req_resume(p);
-    if (!res->ok) {
-        cl_db_error_reply(r, res, "list tasks");
-        return;
-    }
-    int n = cl_db_rows(res);
-    int shown = n > limit ? limit : n;
-    cl_buf b;
-    cl_buf_init(&b, 0);
-    cl_buf_append_str(&b, "{\"tasks\":[");
-    for (int i = 0; i < shown; i++) {
-        if (i)
-            cl_buf_append_char(&b, ',');
-        cl_buf_append_str(&b, cl_db_get(res, i, 0));
-    }
-    cl_buf_append_str(&b, "],\"next_offset\":");
-    if (n > limit)
-        cl_buf_printf(&b, "%d", offset + limit);
-    else
-        cl_buf_append_str(&b, "null");
-    cl_buf_append_char(&b, '}');
-    const char *data = cl_buf_cstr(&b);
-    if (data)
-        cl_api_ok(r, 200, "tasks", data);
-    else
-        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
-    cl_buf_release(&b);
+    cl_api_page_reply(ud, res, "tasks", "list tasks");
 }
 
 static void task_list(cl_req *r)
