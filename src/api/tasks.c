@@ -149,8 +149,8 @@ static void answered_one(cl_req *r, const cl_db_res *res, int status, const char
  * creates of one user take turns on it); past the per-user budget of
  * tasks nothing is written. */
 static const char SQL_CREATE[] =
-    "WITH p AS (SELECT $2::jsonb AS p),"
-    " room AS (SELECT count(*) < $3::int AS ok FROM tasks WHERE user_id = $1::uuid),"
+    "WITH p AS (SELECT $3::jsonb AS p),"
+    " room AS (SELECT count(*) < $2::int AS ok FROM tasks WHERE user_id = $1::uuid),"
     " n AS (INSERT INTO task_numbers (user_id, last) SELECT $1::uuid, 1 WHERE (SELECT ok FROM room)"
     "  ON CONFLICT (user_id) DO UPDATE SET last = task_numbers.last + 1 RETURNING last),"
     " t AS (INSERT INTO tasks (user_id, number, title, description)"
@@ -171,26 +171,35 @@ static void created(void *ud, const cl_db_res *res)
     answered_one(r, res, 201, "task created", "create task");
 }
 
-static void task_create(cl_req *r)
+/* Validates the body and runs `sql` with params[0..n), the body's compact
+ * JSON as the last of them (the parameters are copied). */
+static void write_task(cl_req *r, int patch, const char *sql, const char **params, int n,
+                       cl_db_cb cb)
 {
     json_t *body = cl_api_json_body(r, 0);
     if (!body)
         return;
     char *text = NULL;
-    if (validate(r, body, 0) != 0 || !cl_db_require(r))
+    if (validate(r, body, patch) != 0 || !cl_db_require(r))
         goto done;
     text = json_dumps(body, JSON_COMPACT);
     if (!text) {
         cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
         goto done;
     }
-    char cap[16];
-    snprintf(cap, sizeof cap, "%d", CL_TASKS_PER_USER);
-    const char *params[] = {r->user_id, text, cap};
-    cl_api_query_run(r, SQL_CREATE, 3, params, 0, created);
+    params[n - 1] = text;
+    cl_api_query_run(r, sql, n, params, 0, cb);
 done:
     free(text);
     json_decref(body);
+}
+
+static void task_create(cl_req *r)
+{
+    char cap[16];
+    snprintf(cap, sizeof cap, "%d", CL_TASKS_PER_USER);
+    const char *params[] = {r->user_id, cap, NULL};
+    write_task(r, 0, SQL_CREATE, params, 3, created);
 }
 
 /* ---- GET /api/v1/tasks ----------------------------------------------------------------- */
@@ -279,22 +288,8 @@ static void task_patch(cl_req *r)
     char id[37], num[12];
     if (!task_ref(r, id, num))
         return;
-    json_t *body = cl_api_json_body(r, 0);
-    if (!body)
-        return;
-    char *text = NULL;
-    if (validate(r, body, 1) != 0 || !cl_db_require(r))
-        goto done;
-    text = json_dumps(body, JSON_COMPACT);
-    if (!text) {
-        cl_api_error(r, CL_ERR_PROCESSING_ERROR, "out of memory", NULL, NULL);
-        goto done;
-    }
-    const char *params[4] = {id[0] ? id : NULL, r->user_id, num[0] ? num : NULL, text};
-    cl_api_query_run(r, SQL_PATCH, 4, params, 0, patched);
-done:
-    free(text);
-    json_decref(body);
+    const char *params[4] = {id[0] ? id : NULL, r->user_id, num[0] ? num : NULL, NULL};
+    write_task(r, 1, SQL_PATCH, params, 4, patched);
 }
 
 /* ---- DELETE /api/v1/tasks/{id} --------------------------------------------------------- */

@@ -42,13 +42,7 @@ static size_t partial_marker(const char *s, size_t n, const char *marker)
 
 static const char *find(const char *s, size_t n, const char *marker)
 {
-    size_t m = strlen(marker);
-    if (n < m)
-        return NULL;
-    for (const char *p = s; (p = memchr(p, marker[0], (size_t)(s + n - p) - m + 1)); p++)
-        if (memcmp(p, marker, m) == 0)
-            return p;
-    return NULL;
+    return memmem(s, n, marker, strlen(marker));
 }
 
 /* Bytes of the block being read, up to its budget. */
