@@ -168,3 +168,17 @@ test('concurrent creates of one user get distinct numbers, in one sequence', asy
   const made = await Promise.all(Array.from({ length: 20 }, (_, i) => create(u, { title: `t${i}` })));
   assert.deepEqual(made.map((t) => t.number).sort((x, y) => x - y), Array.from({ length: 20 }, (_, i) => i + 1));
 });
+
+test('the per-user budget: the 10,000th task is made, the next is a 400 and nothing is stored', async () => {
+  const u = await newUser(srv.port);
+  await pg.query(`INSERT INTO tasks (user_id, number, title) SELECT $1, g, 'bulk ' || g FROM generate_series(1, 9999) g`, [u.userId]);
+  await pg.query(`INSERT INTO task_numbers (user_id, last) VALUES ($1, 9999)`, [u.userId]);
+  assert.equal((await create(u, { title: 'the last one' })).number, 10000);
+  const res = await call(u, 'POST', '/api/v1/tasks', { title: 'one too many' });
+  checkErrorEnvelope(assert, res, 400, 'INVALID_REQUEST');
+  assert.match(res.json().message, /at most 10000 tasks per user/);
+  const n = (await pg.query('SELECT count(*)::int AS n, max(number) AS m FROM tasks WHERE user_id = $1', [u.userId])).rows[0];
+  assert.deepEqual(n, { n: 10000, m: 10000 });
+  // another user is not affected
+  assert.equal((await create(await newUser(srv.port), { title: 'fine' })).number, 1);
+});
